@@ -132,11 +132,17 @@ is(header_value($d->{resp}, 'X-Echo-Header-Count'), 9, 'header count');
 
 # shm_param
 
-$d = dump_of(http_get($p, '/p?a=1&b=2', 'X-Echo-Headers' => 1));
+# the echo dumps the params named in X-Echo-Params, in that order, and
+# skips those it does not get
+
+my @pn = ('X-Echo-Params' =>
+          'METHOD,LITERAL,ARG_A,ARG_B,EMPTY_SKIPPED,EMPTY_KEPT,NOT_SET');
+
+$d = dump_of(http_get($p, '/p?a=1&b=2', 'X-Echo-Headers' => 1, @pn));
 is(join('|', @{$d->{params}}), 'METHOD=GET|LITERAL=a literal value|ARG_A=1|'
    . 'ARG_B=2|EMPTY_KEPT=', 'params');
 
-$d = dump_of(http_post($p, '/p?b=', 'x', 'X-Echo-Headers' => 1));
+$d = dump_of(http_post($p, '/p?b=', 'x', 'X-Echo-Headers' => 1, @pn));
 is(join('|', @{$d->{params}}), 'METHOD=POST|LITERAL=a literal value|ARG_B=|'
    . 'EMPTY_KEPT=', 'params, if_not_empty omitted');
 

@@ -28,4 +28,5 @@ if [ ! -f "$stamp" ] || [ ! -f "$work/objs/Makefile" ] || [ "$(cat "$stamp")" !=
 fi
 
 make -s -C "$work" -f objs/Makefile modules
-cp "$work/objs/ngx_http_shm_module.so" "$out/ngx_http_shm_module.so"
+cp "$work/objs/ngx_http_shm_module.so" "$out/.ngx_http_shm_module.so.tmp"
+mv -f "$out/.ngx_http_shm_module.so.tmp" "$out/ngx_http_shm_module.so"

@@ -257,6 +257,6 @@ void ngxshm_req_detach(ngxshm_request_t *r);
 void ngxshm_req_unref(ngxshm_request_t *r);
 void ngxshm_req_pump(ngxshm_request_t *r);
 void ngxshm_req_free(ngxshm_request_t *r);
-int ngxshm_head_parse(ngxshm_request_t *r);
+const char *ngxshm_head_parse(ngxshm_request_t *r);
 
 #endif /* NGXSHM_INTERNAL_H */

@@ -279,11 +279,7 @@ ngxshm_head_in(ngxshm_request_t *r, const ngxshm_frame_t *f,
         return ngxshm_violation(ch, "head block size does not match");
     }
 
-    bad = NULL;
-
-    if (ngxshm_head_parse(r) != 0) {
-        bad = "bad head block";
-    }
+    bad = ngxshm_head_parse(r);
 
     if (bad != NULL) {
         return ngxshm_violation(ch, bad);
@@ -323,7 +319,7 @@ ngxshm_too_large(ngxshm_request_t *r)
  * checked in 64 bits.  In a request block a NUL follows each name and
  * each value; the value starts after the name's NUL.
  */
-int
+const char *
 ngxshm_head_parse(ngxshm_request_t *r)
 {
     size_t           nh, np;
@@ -334,7 +330,7 @@ ngxshm_head_parse(ngxshm_request_t *r)
     ngxshm_header_t *idx;
 
     if (r->head_len < sizeof(ngxshm_head_t)) {
-        return -1;
+        return "head block too short";
     }
 
     memcpy(&hd, r->head, sizeof(hd));
@@ -342,10 +338,12 @@ ngxshm_head_parse(ngxshm_request_t *r)
     table = (uint32_t) sizeof(ngxshm_head_t)
             + (uint32_t) hd.nfields * (uint32_t) sizeof(ngxshm_field_t);
 
-    if (hd.size != r->head_len || table > hd.size || hd.status != 0
-        || hd.flags != 0 || hd.reserved != 0)
-    {
-        return -1;
+    if (table > hd.size) {
+        return "head block field table beyond its size";
+    }
+
+    if (hd.status != 0 || hd.flags != 0 || hd.reserved != 0) {
+        return "nonzero status, flags or reserved in a request head";
     }
 
     for (i = 0; i < NGXSHM_NPSEUDO; i++) {
@@ -361,8 +359,12 @@ ngxshm_head_parse(ngxshm_request_t *r)
 
         end = (uint64_t) fl.off + fl.name_len + 1 + fl.value_len + 1;
 
-        if (fl.reserved != 0 || fl.off < table || end > hd.size) {
-            return -1;
+        if (fl.reserved != 0) {
+            return "nonzero reserved in a head field";
+        }
+
+        if (fl.off < table || end > hd.size) {
+            return "head field outside the block";
         }
 
         voff = fl.off + fl.name_len + 1;
@@ -370,7 +372,7 @@ ngxshm_head_parse(ngxshm_request_t *r)
         if (r->head[fl.off + fl.name_len] != '\0'
             || r->head[voff + fl.value_len] != '\0')
         {
-            return -1;
+            return "head field without its NUL";
         }
 
         if (fl.kind == NGXSHM_FIELD_HEADER) {
@@ -382,7 +384,7 @@ ngxshm_head_parse(ngxshm_request_t *r)
         } else if (fl.kind >= NGXSHM_FIELD_METHOD
                    && fl.kind <= NGXSHM_FIELD_MAX && fl.name_len != 0)
         {
-            return -1;
+            return "named request datum field";
         }
     }
 
@@ -391,7 +393,7 @@ ngxshm_head_parse(ngxshm_request_t *r)
     if (nh + np != 0) {
         idx = malloc((nh + np) * sizeof(ngxshm_header_t));
         if (idx == NULL) {
-            return -1;
+            return "out of memory for a head index";
         }
     }
 
@@ -430,7 +432,7 @@ ngxshm_head_parse(ngxshm_request_t *r)
         r->is_head = 1;
     }
 
-    return 0;
+    return NULL;
 }
 
 

@@ -2662,10 +2662,12 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
 static ssize_t
 ngx_http_shm_recv_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
 {
-    size_t      size;
-    ssize_t     n, total;
-    ngx_buf_t  *b;
+    size_t                  size;
+    ssize_t                 n, total;
+    ngx_buf_t              *b;
+    ngx_http_shm_stream_t  *s;
 
+    s = (ngx_http_shm_stream_t *) c;
     total = 0;
 
     for ( /* void */ ; in; in = in->next) {
@@ -2679,7 +2681,7 @@ ngx_http_shm_recv_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
             size = (size_t) (limit - total);
         }
 
-        if (size == 0) {
+        if (size == 0 || (total && s->in_bytes == 0)) {
             break;
         }
 
@@ -2966,9 +2968,15 @@ ngx_http_shm_create_loc_conf(ngx_conf_t *cf)
 
     conf->upstream.intercept_errors = NGX_CONF_UNSET;
 
-    /* the status line and "Status" header do not exist here */
     conf->upstream.cyclic_temp_file = 0;
     conf->upstream.change_buffering = 1;
+
+    /*
+     * full duplex, as grpc: a sidecar may answer while the request body
+     * still streams in, and the body must keep flowing after the response
+     * head was sent (an echo of a body larger than the window needs it)
+     */
+    conf->upstream.preserve_output = 1;
 
     conf->segment_size = NGX_CONF_UNSET_SIZE;
     conf->params = NGX_CONF_UNSET_PTR;
