@@ -220,7 +220,7 @@ static ngx_http_shm_stream_t *ngx_http_shm_stream_open(
 static void ngx_http_shm_stream_wake(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_unslot(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_fail(ngx_http_shm_stream_t *s,
-    ngx_uint_t cancel);
+    ngx_uint_t cancel, const char *reason);
 static void ngx_http_shm_stream_reap(ngx_http_shm_main_conf_t *smcf,
     ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_release(ngx_http_shm_stream_t *s);
@@ -785,11 +785,20 @@ ngx_http_shm_create_request(ngx_http_request_t *r)
 
         p = ngx_cpymem(p, &field, sizeof(ngxshm_field_t));
 
-        strings = ngx_cpymem(strings, fields[i].name.data,
-                             fields[i].name.len);
+        /* empty strings may have NULL data: no memcpy() for them */
+
+        if (fields[i].name.len) {
+            strings = ngx_cpymem(strings, fields[i].name.data,
+                                 fields[i].name.len);
+        }
+
         *strings++ = '\0';
-        strings = ngx_cpymem(strings, fields[i].value.data,
-                             fields[i].value.len);
+
+        if (fields[i].value.len) {
+            strings = ngx_cpymem(strings, fields[i].value.data,
+                                 fields[i].value.len);
+        }
+
         *strings++ = '\0';
     }
 
@@ -1708,7 +1717,8 @@ ngx_http_shm_channel_read(ngx_event_t *rev)
     }
 
     if (n == 0) {
-        ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
+        ngx_http_shm_channel_fail(ch, ch->state == NGX_HTTP_SHM_CH_READY
+                                      ? NGX_LOG_INFO : NGX_LOG_ERR,
                                   ch->state == NGX_HTTP_SHM_CH_READY
                                   ? "sidecar closed the channel"
                                   : "sidecar closed the channel "
@@ -1914,7 +1924,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
 
         s->reset = 1;
         s->in_end = 1;
-        ngx_http_shm_stream_fail(s, !s->out_end);
+        ngx_http_shm_stream_fail(s, !s->out_end, NULL);
         return NGX_OK;
 
     case NGXSHM_RESP_HEAD:
@@ -1951,7 +1961,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
                               "sidecar %V sent too big header: %uD bytes, "
                               "\"shm_buffer_size\" is %uz",
                               &ch->name, head.size, s->head_max);
-                ngx_http_shm_stream_fail(s, 1);
+                ngx_http_shm_stream_fail(s, 1, NULL);
                 return NGX_OK;
             }
         }
@@ -2003,7 +2013,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
         chunk = ngx_alloc(offsetof(ngx_http_shm_chunk_t, data) + f->len,
                           ch->log);
         if (chunk == NULL) {
-            ngx_http_shm_stream_fail(s, 1);
+            ngx_http_shm_stream_fail(s, 1, NULL);
             return NGX_OK;
         }
 
@@ -2108,7 +2118,7 @@ ngx_http_shm_channel_fail(ngx_http_shm_channel_t *ch, ngx_uint_t level,
             s = ch->slots[i];
 
             if (s != NULL) {
-                ngx_http_shm_stream_fail(s, 0);
+                ngx_http_shm_stream_fail(s, 0, reason);
             }
         }
     }
@@ -2136,7 +2146,7 @@ ngx_http_shm_channel_close(ngx_http_shm_channel_t *ch)
     while (!ngx_queue_empty(&ch->wait_space)) {
         q = ngx_queue_head(&ch->wait_space);
         s = ngx_queue_data(q, ngx_http_shm_stream_t, wait);
-        ngx_http_shm_stream_fail(s, 0);
+        ngx_http_shm_stream_fail(s, 0, "channel closed");
     }
 
     while (!ngx_queue_empty(&ch->ctl_pending)) {
@@ -2343,12 +2353,18 @@ ngx_http_shm_stream_unslot(ngx_http_shm_stream_t *s)
  */
 
 static void
-ngx_http_shm_stream_fail(ngx_http_shm_stream_t *s, ngx_uint_t cancel)
+ngx_http_shm_stream_fail(ngx_http_shm_stream_t *s, ngx_uint_t cancel,
+    const char *reason)
 {
     ngx_http_shm_channel_t  *ch;
 
     ch = s->ch;
     s->failed = 1;
+
+    if (reason && s->request) {
+        ngx_log_error(NGX_LOG_ERR, s->c.log, 0, "sidecar %V: %s",
+                      &s->c.addr_text, reason);
+    }
 
     if (ch) {
         if (s->waiting) {
