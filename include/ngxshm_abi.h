@@ -96,9 +96,10 @@ typedef struct {
  * A head block: the request (nginx -> app) or the response head
  * (app -> nginx), sent as the payload of one or more *_HEAD frames.
  * Fields follow the header; strings follow the fields.  A field's
- * name is at offset "off" from the block's start and its value at
- * off + name_len.  In request blocks nginx puts a NUL byte after each
- * name and each value (not counted in the lengths).
+ * name is at offset "off" from the block's start.  In request blocks
+ * nginx puts a NUL byte after each name and each value (not counted in
+ * the lengths), so the value is at off + name_len + 1; in response
+ * blocks there are no NULs and the value is at off + name_len.
  */
 typedef struct {
     uint32_t    size;             /* bytes of the whole block */

@@ -131,12 +131,14 @@ ngxshm_ring_reserve(ngxshm_ring_t *r, uint32_t len, int *bad)
 }
 
 
-/* producer: publish the frame reserved last; returns 1 if the consumer
- * sleeps and must be signalled */
+/* producer: publish the frame reserved last, whose payload length is
+ * "len" (passed in, never read back from shared memory, where the peer
+ * could change it); returns 1 if the consumer sleeps and must be
+ * signalled */
 static inline int
-ngxshm_ring_commit(ngxshm_ring_t *r, ngxshm_frame_t *f)
+ngxshm_ring_commit(ngxshm_ring_t *r, uint32_t len)
 {
-    r->pos += (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(f->len);
+    r->pos += (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(len);
     ngxshm_store_release(&r->ctrl->tail, r->pos);
     ngxshm_full_fence();
 

@@ -35,6 +35,14 @@ http {
             shm_send_timeout 30s;
         }
 
+        location /unbuffered/ {
+            shm_pass unix:%%TESTDIR%%/echo.sock;
+            shm_segment_size 1m;
+            shm_buffering off;
+            shm_read_timeout 30s;
+            shm_send_timeout 30s;
+        }
+
         location /small/ {
             shm_pass unix:%%TESTDIR%%/small.sock;
             shm_segment_size 64k;
@@ -46,7 +54,7 @@ EOF
 # the sanitizers' quarantine would otherwise count as growth
 $t->asan_options('quarantine_size_mb=16');
 
-$t->plan(14);
+$t->plan(23);
 my $echo = $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/small.sock');
 $t->run();
@@ -80,63 +88,77 @@ is(md5_hex($b), md5_hex(pattern(8 * $MiB)), '8m response through 64k');
 undef $mid;
 
 # a 64 MiB response read slowly: first 1 MiB, then nothing for 3 s while
-# other requests are served, then the rest at full speed
+# other requests are served, then the rest at full speed; buffered by
+# nginx (to a temp file), and unbuffered (held back by the stream credit)
 
 for (1 .. 5) {
     http_get($p, '/warm');
 }
 
-my ($worker) = $t->worker_pids();
-my $rss0 = proc_rss_kb($worker);
-my $side0 = proc_rss_kb($echo->{pid});
+slow_client('/slow', 'buffered');
+slow_client('/unbuffered/slow', 'unbuffered');
 
-my $size = 64 * $MiB;
-my $s = http($p, "GET /slow HTTP/1.1\r\nHost: localhost\r\n"
-                 . "Connection: close\r\nX-Echo-Size: $size\r\n\r\n",
-             start => 1);
-my $raw = '';
-my $sel = IO::Select->new($s);
-my $t0 = time();
 
-while (length $raw < $MiB && time() < $t0 + 10) {
-    next unless $sel->can_read(1);
-    my $n = sysread($s, $raw, 65536, length $raw);
-    last unless $n;
+sub slow_client {
+    my ($uri, $label) = @_;
+
+    my ($worker) = $t->worker_pids();
+    my $rss0 = proc_rss_kb($worker);
+    my $side0 = proc_rss_kb($echo->{pid});
+
+    my $size = 64 * $MiB;
+    my $s = http($p, "GET $uri HTTP/1.1\r\nHost: localhost\r\n"
+                     . "Connection: close\r\nX-Echo-Size: $size\r\n\r\n",
+                 start => 1);
+    my $raw = '';
+    my $sel = IO::Select->new($s);
+    my $t0 = time();
+
+    while (length $raw < $MiB && time() < $t0 + 10) {
+        next unless $sel->can_read(1);
+        my $n = sysread($s, $raw, 65536, length $raw);
+        last unless $n;
+    }
+
+    ok(length $raw >= $MiB, "$label: slow client got its first 1 MiB");
+
+    my ($max, $ok, $rss, $side) = (0, 0, 0, 0);
+
+    for my $i (1 .. 10) {
+        my $r0 = time();
+        my ($st, $h, $b) = parse_response(http_post($p, "/other/$i",
+            "other $i", { timeout => 5 }));
+        my $el = time() - $r0;
+        $max = $el if $el > $max;
+        $ok++ if $st && $st == 200 && $b eq "other $i";
+
+        my $r = proc_rss_kb($worker) // 0;
+        $rss = $r if $r > $rss;
+        $r = proc_rss_kb($echo->{pid}) // 0;
+        $side = $r if $r > $side;
+
+        sleep(0.3);
+    }
+
+    note(sprintf("$label: worker rss %d -> %d KiB, sidecar rss %d -> %d KiB,"
+                 . ' slowest other request %.3f s', $rss0, $rss, $side0,
+                 $side, $max));
+
+    is($ok, 10, "$label: other requests served while the client stalls");
+    cmp_ok($max, '<', 1, "$label: other requests answered within 1 s");
+    cmp_ok($rss - $rss0, '<', 64 * 1024,
+           "$label: worker rss grew less than 64 MiB");
+    cmp_ok($side - $side0, '<', 64 * 1024,
+           "$label: sidecar rss grew less than 64 MiB");
+
+    $raw .= http_end($s, timeout => 60);
+    my ($st, $h, $b) = parse_response($raw);
+    is($st, 200, "$label: slow response status");
+    is(length $b, $size, "$label: slow response length");
+    ok(md5_hex($b) eq md5_hex(pattern($size)),
+       "$label: slow response byte-exact");
+    cmp_ok(time() - $t0, '<', 40, "$label: slow response within 40 s");
 }
-
-ok(length $raw >= $MiB, 'slow client got its first 1 MiB');
-
-my ($max, $ok, $rss, $side) = (0, 0, 0, 0);
-
-for my $i (1 .. 10) {
-    my $r0 = time();
-    ($st, $h, $b) = parse_response(http_post($p, "/other/$i", "other $i",
-                                             { timeout => 5 }));
-    my $el = time() - $r0;
-    $max = $el if $el > $max;
-    $ok++ if $st && $st == 200 && $b eq "other $i";
-
-    my $r = proc_rss_kb($worker) // 0;
-    $rss = $r if $r > $rss;
-    $r = proc_rss_kb($echo->{pid}) // 0;
-    $side = $r if $r > $side;
-
-    sleep(0.3);
-}
-
-is($ok, 10, 'other requests served while the client stalls');
-cmp_ok($max, '<', 1, 'other requests answered within 1 s');
-cmp_ok($rss - $rss0, '<', 64 * 1024, 'worker rss grew less than 64 MiB')
-    or diag("worker rss $rss0 -> $rss KiB");
-cmp_ok($side - $side0, '<', 64 * 1024, 'sidecar rss grew less than 64 MiB')
-    or diag("sidecar rss $side0 -> $side KiB");
-
-$raw .= http_end($s, timeout => 60);
-($st, $h, $b) = parse_response($raw);
-is($st, 200, 'slow response status');
-is(length $b, $size, 'slow response length');
-ok(md5_hex($b) eq md5_hex(pattern($size)), 'slow response byte-exact');
-cmp_ok(time() - $t0, '<', 40, 'slow response within 40 s');
 
 
 # the echo's X-Echo-Size body: 'a' .. 'z' repeating

@@ -11,7 +11,7 @@ port=${PORT:-8080}
 nginx=${NGINX:-/usr/sbin/nginx}
 
 alive() {
-    [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+    [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null
 }
 
 # wait_gone PIDFILE SECONDS: wait until the process of PIDFILE exits

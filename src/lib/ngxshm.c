@@ -1113,7 +1113,9 @@ ngxshm_chan_hello(ngxshm_chan_t *ch)
 
     if (status != 0) {
         for (i = 0; i < nfds; i++) {
-            if (fds[i] != ch->efd_app && fds[i] != ch->efd_nginx) {
+            if (fds[i] >= 0 && fds[i] != ch->efd_app
+                && fds[i] != ch->efd_nginx)
+            {
                 close(fds[i]);
             }
         }
@@ -1420,7 +1422,7 @@ ngxshm_chan_put(ngxshm_chan_t *ch, const ngxshm_frame_t *hdr,
     const void *data)
 {
     int              bad;
-    ngxshm_frame_t  *f, copy;
+    ngxshm_frame_t  *f;
 
     bad = 0;
     f = ngxshm_ring_reserve(&ch->tx, hdr->len, &bad);
@@ -1445,10 +1447,7 @@ ngxshm_chan_put(ngxshm_chan_t *ch, const ngxshm_frame_t *hdr,
         memcpy((unsigned char *) f + sizeof(ngxshm_frame_t), data, hdr->len);
     }
 
-    /* commit from our copy: the peer can write to the shared one */
-    copy = *hdr;
-
-    if (ngxshm_ring_commit(&ch->tx, &copy)) {
+    if (ngxshm_ring_commit(&ch->tx, hdr->len)) {
         ngxshm_chan_wake_nginx(ch);
     }
 

@@ -2463,7 +2463,7 @@ ngx_http_shm_stream_ctl(ngx_http_shm_stream_t *s)
 
     s->unreported = 0;
 
-    if (ngxshm_ring_commit(&ch->req, f)) {
+    if (ngxshm_ring_commit(&ch->req, len)) {
         ch->wake = 1;
     }
 
@@ -2852,7 +2852,7 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
 
             ngx_memcpy((u_char *) f + sizeof(ngxshm_frame_t), b->pos, n);
 
-            if (ngxshm_ring_commit(&ch->req, f)) {
+            if (ngxshm_ring_commit(&ch->req, (uint32_t) n)) {
                 ch->wake = 1;
             }
 

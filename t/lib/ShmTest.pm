@@ -31,17 +31,37 @@ package ShmTest;
 #   NGXSHM_KEEP=1  keep the test directory
 #   NGXSHM_DEBUG=1 error_log at debug level (nginx is built --with-debug)
 #
+# The object:
+#   new()                      temp dir; skip_all only if nginx or the .so
+#                              is missing
+#   write_config($text)        %%TESTDIR%%, %%PORT_n%%, %%BUILD%%; adds
+#                              load_module, pid, error_log, user, and temp
+#                              paths and access_log inside http {}
+#   plan($n)                   $n + 1 tests: the last is "no alerts"
+#   run(), stop(), reload([$text]), worker_pids(), nginx_pid()
+#   run_sidecar($prog, @args [, {socket => $path, env => {...}}])
+#   kill_sidecar($h, 'KILL' | 'TERM' | 'STOP' | 'CONT')
+#   mark_log(), read_log(), wait_log($re [, $timeout])
+#   allow_log(qr/.../), asan_options('name=value:...')
+#   testdir(), read_file($name), write_file($name, $text), done()
+#
+# Functions: port($n), http(), http_get(), http_head(), http_post(),
+# http_end(), http_read_response(), parse_response(), header_value(),
+# header_values(), proc_rss_kb(), proc_cpu_ticks().
+#
 # At the end (done() or the END block) nginx and the sidecars are stopped
 # and a final test "no alerts" fails on [alert], [crit] or [emerg] in the
-# logs, on any sanitizer report, and on an nginx that did not quit
-# gracefully.
+# logs, on any sanitizer report (asan.* and ubsan.* files, or "runtime
+# error:" and "ERROR: AddressSanitizer" in the logs), on an nginx that
+# did not quit gracefully, and on a sidecar that died by itself or did
+# not exit with status 0 on SIGTERM.
 
 use strict;
 use warnings;
 
 use Exporter qw(import);
 use Cwd qw(abs_path);
-use Errno qw(EAGAIN EINTR EINPROGRESS EWOULDBLOCK);
+use Errno qw(EAGAIN EINTR EWOULDBLOCK);
 use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 use File::Basename qw(dirname);
 use File::Path qw(rmtree);
@@ -233,6 +253,11 @@ sub write_config {
     $text =~ s/^(\s*http\s*\{)/$1$http/m;
 
     $self->{listen} = [ $text =~ /^\s*listen\s+(?:127\.0\.0\.1:)?(\d+)/mg ];
+
+    my ($wp) = $text =~ /^\s*worker_processes\s+(\w+)\s*;/m;
+    $wp = 1 unless defined $wp;
+    $wp = _ncpu() if $wp eq 'auto';
+    $self->{nworkers} = $wp;
     $self->write_file('nginx.conf', "# written by t/lib/ShmTest.pm\n"
                                     . $main . "\n" . $text);
 
@@ -353,7 +378,7 @@ sub run {
         if (-s "$d/nginx.pid") {
             @wait = grep { !_connect_tcp($_) } @wait;
             my @w = $self->worker_pids();
-            return $self if !@wait && @w;
+            return $self if !@wait && @w >= $self->{nworkers};
         }
 
         sleep(0.05);
@@ -362,6 +387,13 @@ sub run {
     $self->stop();
     die "run: nginx did not start within $TIMEOUT s\n"
         . _tail($self->read_file('error.log'), 20);
+}
+
+
+sub _ncpu {
+    my $n = () = (_slurp('/proc/cpuinfo') // '') =~ /^processor\s*:/mg;
+
+    return $n || 1;
 }
 
 
@@ -436,7 +468,7 @@ sub reload {
     while (time() < $end) {
         my @now = $self->worker_pids();
 
-        if (@now && !grep { $old{$_} } @now) {
+        if (@now >= $self->{nworkers} && !grep { $old{$_} } @now) {
             return @now;
         }
 
@@ -1018,13 +1050,20 @@ sub parse_response {
     if (grep { lc $_->[0] eq 'transfer-encoding'
                && $_->[1] =~ /chunked/i } @headers)
     {
+        # by offsets: editing a body of many megabytes in place is slow
         my $decoded = '';
+        my $p = 0;
 
-        while ($body =~ s/^([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+        for ( ;; ) {
+            my $nl = index($body, "\r\n", $p);
+            last if $nl < 0;
+
+            substr($body, $p, $nl - $p) =~ /^([0-9a-fA-F]+)/ or last;
             my $size = hex $1;
             last if $size == 0;
-            $decoded .= substr($body, 0, $size, '');
-            $body =~ s/^\r\n//;
+
+            $decoded .= substr($body, $nl + 2, $size);
+            $p = $nl + 2 + $size + 2;
         }
 
         $body = $decoded;

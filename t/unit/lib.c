@@ -275,7 +275,7 @@ fake_send(fake_t *fk, int type, int flags, uint32_t stream, uint32_t gen,
     int              bad, tries;
     ngxshm_frame_t  *f;
 
-    for (tries = 0; tries < 100; tries++) {
+    for (tries = 0; tries < 40; tries++) {
         bad = 0;
         f = ngxshm_ring_reserve(&fk->tx, len, &bad);
 
@@ -295,7 +295,7 @@ fake_send(fake_t *fk, int type, int flags, uint32_t stream, uint32_t gen,
                 memcpy((unsigned char *) f + sizeof(*f), p, len);
             }
 
-            if (ngxshm_ring_commit(&fk->tx, f)) {
+            if (ngxshm_ring_commit(&fk->tx, len)) {
                 fake_kick(fk);
             }
 
@@ -352,6 +352,19 @@ fake_recv(fake_t *fk, ngxshm_frame_t *f, unsigned char *buf, int timeout)
         fake_wait_efd(fk, 100);
         timeout -= 100;
     }
+}
+
+
+/* the socket has reached EOF (or an error) already */
+static int
+fake_dead(fake_t *fk)
+{
+    struct pollfd  pfd;
+
+    pfd.fd = fk->fd;
+    pfd.events = POLLIN;
+
+    return poll(&pfd, 1, 0) != 0;
 }
 
 
@@ -582,6 +595,9 @@ resp_step(fake_t *fk, resp_t *rs, uint32_t s, int timeout)
         if (rs->body_len + f.len > rs->body_cap) {
             rs->body_cap = (rs->body_len + f.len) * 2;
             rs->body = realloc(rs->body, rs->body_cap);
+            if (rs->body == NULL) {
+                abort();
+            }
         }
 
         if (f.len != 0) {
@@ -735,6 +751,28 @@ app_echo_pump(ngxshm_request_t *r)
 
 
 static void
+app_posted(ngxshm_request_t *r, void *arg)
+{
+    (void) arg;
+
+    ngxshm_respond(r, 200, NULL, 0, "posted", 6);
+}
+
+
+static void *
+app_poster(void *arg)
+{
+    usleep(20000);
+
+    if (ngxshm_request_post(arg, app_posted, NULL) != 0) {
+        abort();
+    }
+
+    return NULL;
+}
+
+
+static void
 app_handler(ngxshm_request_t *r, void *arg)
 {
     int              rc;
@@ -775,6 +813,16 @@ app_handler(ngxshm_request_t *r, void *arg)
 
     } else if (strcmp(uri.data, "/hold") == 0) {
         ngxshm_request_set_callback(r, app_hold_event, NULL);
+
+    } else if (strcmp(uri.data, "/post") == 0) {
+        pthread_t  tid;
+
+        if (pthread_create(&tid, NULL, app_poster, r) != 0) {
+            ngxshm_request_abort(r);
+            return;
+        }
+
+        pthread_detach(tid);
 
     } else if (strcmp(uri.data, "/abort") == 0) {
         ngxshm_request_abort(r);
@@ -942,7 +990,11 @@ test_stream(uint32_t start, uint32_t ring, uint32_t frame, uint32_t win,
     o.window = win;
     ok(fake_open(&fk, &o) == 0, "handshake (ring %u, start %u)", ring, start);
 
-    body = malloc(total);
+    body = malloc(total + 1);
+    if (body == NULL) {
+        abort();
+    }
+
     for (i = 0; i < total; i++) {
         body[i] = (unsigned char) (i * 7 + i / 251);
     }
@@ -1105,7 +1157,7 @@ off_reserved(fake_t *fk)
     memset(f, 0, sizeof(*f));
     f->type = NGXSHM_CANCEL;
     f->reserved = 1;
-    ngxshm_ring_commit(&fk->tx, f);
+    ngxshm_ring_commit(&fk->tx, 0);
     fake_kick(fk);
 }
 
@@ -1294,6 +1346,172 @@ test_violation(const char *name, offence_pt fn)
 }
 
 
+/*
+ * Fuzzing: mostly valid traffic on 16 streams (heads, bodies within the
+ * credit, cancels, credit for the responses), with a rare mutated head
+ * block or random frame.  Channels may die; the process may not.
+ */
+typedef struct {
+    uint32_t  gen;
+    uint32_t  credit;               /* request body we may send */
+    uint32_t  owed;                 /* response body to credit back */
+    int       open;
+    int       in_end;               /* we sent END or CANCEL */
+    int       out_end;              /* it sent END or RESET */
+} fz_slot_t;
+
+
+static void
+fz_read(fake_t *fk, fz_slot_t *sl)
+{
+    uint32_t        v;
+    fz_slot_t      *z;
+    ngxshm_frame_t  f;
+    unsigned char   buf[65536];
+
+    while (fake_recv(fk, &f, buf, 0) == 1) {
+        if (f.type == NGXSHM_GOAWAY || f.stream >= 16) {
+            continue;
+        }
+
+        z = &sl[f.stream];
+
+        if (!z->open || z->gen != f.gen) {
+            continue;
+        }
+
+        if (f.type == NGXSHM_CREDIT && f.len == 4) {
+            memcpy(&v, buf, 4);
+            z->credit += v;
+        }
+
+        if (f.type == NGXSHM_RESP_BODY) {
+            z->owed += f.len;
+        }
+
+        if (f.type == NGXSHM_RESET || (f.flags & NGXSHM_F_END)) {
+            z->out_end = 1;
+        }
+
+        if (z->owed && !z->out_end) {
+            fake_send(fk, NGXSHM_CREDIT, 0, f.stream, z->gen, &z->owed, 4);
+            z->owed = 0;
+        }
+
+        if (z->out_end && z->in_end) {
+            z->open = 0;
+        }
+    }
+}
+
+
+static void
+test_fuzz(void)
+{
+    int             i, j, k, closed, mutate;
+    fake_t          fk;
+    resp_t          rs;
+    block_t         b;
+    uint32_t        len, n;
+    fz_slot_t       sl[16], *z;
+    fake_opts_t     o;
+    unsigned char   junk[1024];
+    static const char  *uris[] = { "/oneshot", "/hold", "/echo", "/big",
+                                   "/abort", "/fields", "/nothing" };
+
+    srand(4242);
+    closed = 0;
+
+    for (i = 0; i < 120; i++) {
+        fake_defaults(&o);
+        o.max_frame = 1024;
+        o.window = 1 + rand() % 8192;
+
+        if (fake_open(&fk, &o) != 0) {
+            ok(0, "fuzz: handshake %d", i);
+            return;
+        }
+
+        memset(sl, 0, sizeof(sl));
+
+        for (j = 0; j < 300; j++) {
+            k = rand() % 16;
+            z = &sl[k];
+            mutate = (rand() % 300 == 0);
+
+            if (!z->open) {
+                blk_req(&b, rand() % 5 ? "POST" : "HEAD",
+                        uris[rand() % (sizeof(uris) / sizeof(uris[0]))]);
+                blk_add(&b, NGXSHM_FIELD_HEADER, "X-A", "b");
+                blk_add(&b, NGXSHM_FIELD_PARAM, "P", "v");
+                blk_build(&b);
+
+                if (mutate) {
+                    for (n = 1 + rand() % 3; n > 0; n--) {
+                        b.b[rand() % b.n] ^= (unsigned char) (1 << rand() % 8);
+                    }
+                }
+
+                z->gen++;
+                z->open = 1;
+                z->in_end = rand() % 3 == 0;
+                z->out_end = 0;
+                z->credit = o.window;
+                z->owed = 0;
+                send_head(&fk, k, z->gen, &b, z->in_end);
+
+            } else if (mutate) {
+                fake_send(&fk, rand() % 10, rand() % 4, rand() % 20,
+                          z->gen + rand() % 3 - 1, junk, rand() % 64);
+
+            } else if (!z->in_end && rand() % 4) {
+                len = rand() % (sizeof(junk) + 1);
+                len = len < z->credit ? len : z->credit;
+                z->in_end = (rand() % 5 == 0);
+                memset(junk, 'a' + k, len);
+                fake_send(&fk, NGXSHM_REQ_BODY,
+                          z->in_end ? NGXSHM_F_END : 0, k, z->gen, junk, len);
+                z->credit -= len;
+
+            } else if (rand() % 6 == 0) {
+                fake_send(&fk, NGXSHM_CANCEL, 0, k, z->gen, NULL, 0);
+                z->open = 0;
+            }
+
+            if (z->open && z->in_end && z->out_end) {
+                z->open = 0;
+            }
+
+            if (rand() % 4 == 0) {
+                usleep(100);
+            }
+
+            fz_read(&fk, sl);
+
+            if (fake_dead(&fk)) {
+                closed++;
+                break;
+            }
+        }
+
+        fake_close(&fk);
+    }
+
+    ok(closed > 0,
+       "fuzz: %d of 120 channels closed for violations", closed);
+
+    fake_defaults(&o);
+    ok(fake_open(&fk, &o) == 0, "fuzz: server alive");
+    blk_req(&b, "GET", "/oneshot");
+    send_head(&fk, 0, 1, &b, 1);
+    resp_init(&rs);
+    ok(resp_read(&fk, &rs, 0) == 0 && rs.body_len == 5,
+       "fuzz: server still answers");
+    free(rs.body);
+    fake_close(&fk);
+}
+
+
 static void
 test_max_head(void)
 {
@@ -1399,6 +1617,109 @@ test_listen(void)
 
 
 static void
+test_post(void)
+{
+    fake_t       fk;
+    resp_t       rs;
+    block_t      b;
+    fake_opts_t  o;
+
+    fake_defaults(&o);
+    ok(fake_open(&fk, &o) == 0, "handshake for post");
+
+    blk_req(&b, "GET", "/post");
+    send_head(&fk, 0, 1, &b, 1);
+    resp_init(&rs);
+    ok(resp_read(&fk, &rs, 0) == 0 && rs.body_len == 6
+       && memcmp(rs.body, "posted", 6) == 0,
+       "answer from a function posted by another thread");
+    free(rs.body);
+
+    fake_close(&fk);
+}
+
+
+/* event-loop integration: the test polls ngxshm_server_fd() itself */
+static int  t_dispatch_rc;
+
+static void *
+dispatch_thread(void *arg)
+{
+    int              rc;
+    struct pollfd    pfd;
+    ngxshm_server_t *srv;
+
+    srv = arg;
+    pfd.fd = ngxshm_server_fd(srv);
+    pfd.events = POLLIN;
+
+    for ( ;; ) {
+        if (poll(&pfd, 1, 5000) < 0) {
+            break;
+        }
+
+        rc = ngxshm_server_dispatch(srv, 0);
+
+        if (rc < 0) {
+            t_dispatch_rc = rc;
+            break;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+test_dispatch(void)
+{
+    char              saved[108];
+    fake_t            fk;
+    resp_t            rs;
+    block_t           b;
+    pthread_t         tid;
+    fake_opts_t       o;
+    ngxshm_config_t   cfg;
+    ngxshm_server_t  *srv;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.handler = app_handler;
+    cfg.allow_uid = -1;
+    cfg.allow_gid = -1;
+    cfg.drain_ms = 2000;
+
+    memcpy(saved, t_path, sizeof(saved));
+    snprintf(t_path, sizeof(t_path), "/tmp/ngxshm-unit-dsp-%d.sock",
+             (int) getpid());
+
+    ok(ngxshm_server_create(&srv, &cfg) == 0
+       && ngxshm_server_listen(srv, t_path) == 0
+       && ngxshm_server_fd(srv) >= 0, "dispatch server listening");
+
+    pthread_create(&tid, NULL, dispatch_thread, srv);
+
+    fake_defaults(&o);
+    ok(fake_open(&fk, &o) == 0, "dispatch: handshake");
+
+    blk_req(&b, "GET", "/oneshot");
+    send_head(&fk, 0, 1, &b, 1);
+    resp_init(&rs);
+    ok(resp_read(&fk, &rs, 0) == 0 && rs.body_len == 5,
+       "dispatch: one-shot response");
+    free(rs.body);
+
+    ngxshm_server_stop(srv);
+    ok(fake_eof(&fk), "dispatch: idle channel closed at stop");
+    pthread_join(tid, NULL);
+    ok(t_dispatch_rc == -ESHUTDOWN, "dispatch returns -ESHUTDOWN");
+
+    fake_close(&fk);
+    ngxshm_server_destroy(srv);
+    memcpy(t_path, saved, sizeof(saved));
+}
+
+
+static void
 test_goaway(void)
 {
     int             got;
@@ -1458,8 +1779,9 @@ main(void)
     cfg.allow_gid = -1;
     cfg.max_head = 4096;
     cfg.drain_ms = 3000;
+    cfg.threads = 2;
 
-    printf("1..68\n");
+    printf("1..78\n");
 
     ok(ngxshm_server_create(&t_srv, &cfg) == 0, "server created");
     ok(ngxshm_server_listen(t_srv, t_path) == 0, "listening");
@@ -1475,6 +1797,8 @@ main(void)
     test_stream(0xfffff000u, 4096, 1024, 4096, 300000);
     test_stream(0, 65536, 16384, 65536, 0);
     test_cancel();
+    test_post();
+    test_dispatch();
     test_max_head();
     test_refusals();
 
@@ -1497,6 +1821,7 @@ main(void)
     test_violation("body after END", off_after_end);
     test_violation("body before the head ended", off_body_early);
     test_violation("data on the socket", off_data);
+    test_fuzz();
 
     test_goaway();
 

@@ -90,7 +90,7 @@ put(uint32_t len, uint8_t type, uint32_t stream, int *bad)
         p[i] = (unsigned char) (stream + i);
     }
 
-    ngxshm_ring_commit(&prod, f);
+    ngxshm_ring_commit(&prod, len);
 
     return 0;
 }
@@ -230,12 +230,12 @@ test_sleep(void)
         fp = ngxshm_ring_reserve(&prod, 0, &bad);
         memset(fp, 0, sizeof(*fp));
         fp->type = NGXSHM_CANCEL;
-        ok(ngxshm_ring_commit(&prod, fp) == 1, "commit: signal the sleeper");
+        ok(ngxshm_ring_commit(&prod, 0) == 1, "commit: signal the sleeper");
 
         fp = ngxshm_ring_reserve(&prod, 0, &bad);
         memset(fp, 0, sizeof(*fp));
         fp->type = NGXSHM_CANCEL;
-        ok(ngxshm_ring_commit(&prod, fp) == 0, "commit: awake, no signal");
+        ok(ngxshm_ring_commit(&prod, 0) == 0, "commit: awake, no signal");
     }
 
     ok(ngxshm_ring_sleep(&cons) == 1 && cons.ctrl->sleeping == 0,
@@ -285,7 +285,7 @@ test_wrap32(void)
     ngxshm_frame_t   f;
 
     /* indexes run over 2^32 */
-    reset(0xffffffffu - 2047u - 15u);
+    reset(0u - 2048u - 16u);
     fail = 0;
 
     for (i = 0; i < 5000 && !fail; i++) {
@@ -305,7 +305,6 @@ test_wrap32(void)
         }
 
         if (b != NULL) {
-            printf("# %d %s pos %u tail %u\n", i, b, cons.pos, cons.ctrl->tail);
             fail = 2;
         }
     }
@@ -401,7 +400,7 @@ test_fuzz(void)
     srand(12345);
     n = 0;
 
-    for (i = 0; i < 20000; i++) {
+    for (i = 0; i < 3000; i++) {
         start = (uint32_t) rand() * 16u;
         reset(start);
 
@@ -442,7 +441,7 @@ test_fuzz(void)
         }
     }
 
-    ok(n == 0, "20000 random rings: every payload inside the ring");
+    ok(n == 0, "3000 random rings: every payload inside the ring");
 }
 
 
@@ -485,7 +484,7 @@ main(void)
 
     seg = m;
 
-    printf("1..55\n");
+    printf("1..50\n");
 
     test_basic();
     test_sleep();
