@@ -28,7 +28,8 @@
 
 /* frames are 16-byte aligned and never wrap around the end of a ring */
 #define NGXSHM_ALIGN            16u
-#define ngxshm_align(n)         (((n) + (NGXSHM_ALIGN - 1)) & ~(NGXSHM_ALIGN - 1))
+#define ngxshm_align(n)                                                       \
+    (((n) + (NGXSHM_ALIGN - 1)) & ~(NGXSHM_ALIGN - 1))
 
 
 typedef struct {
