@@ -40,6 +40,8 @@
  *                           remote_port, server_addr, server_port,
  *                           server_name, scheme (in this order)
  *   X-Echo-Params: A,B    the shm_param names to dump (comma separated)
+ *   X-Echo-Set-Cookie: N  add N (at most 3) Set-Cookie headers:
+ *                         "a=1; Path=/", "b=2; Path=/", "c=3; HttpOnly"
  */
 
 #include <errno.h>
@@ -55,6 +57,12 @@
 
 
 #define ECHO_BUF  65536
+#define ECHO_COOKIES  3
+
+
+static const char  *echo_cookies[ECHO_COOKIES] = {
+    "a=1; Path=/", "b=2; Path=/", "c=3; HttpOnly"
+};
 
 enum {
     ECHO_BODY,
@@ -246,9 +254,10 @@ static void
 echo_start(echo_t *e)
 {
     int              rc;
-    size_t           n;
+    size_t           n, i, cookies;
     char             count[32], length[32];
-    ngxshm_header_t  h[4];
+    ngxshm_str_t     v;
+    ngxshm_header_t  h[4 + ECHO_COOKIES];
 
     h[0].name.data = "X-Echo-Method";
     h[0].name.len = sizeof("X-Echo-Method") - 1;
@@ -285,6 +294,17 @@ echo_start(echo_t *e)
 
         e->out = e->dump;
         e->out_off = 0;
+    }
+
+    v = ngxshm_request_header(e->r, "X-Echo-Set-Cookie");
+    cookies = v.data ? strtoul(v.data, NULL, 10) : 0;
+
+    for (i = 0; i < cookies && i < ECHO_COOKIES; i++) {
+        h[n].name.data = "Set-Cookie";
+        h[n].name.len = sizeof("Set-Cookie") - 1;
+        h[n].value.data = echo_cookies[i];
+        h[n].value.len = strlen(echo_cookies[i]);
+        n++;
     }
 
     rc = ngxshm_response_start(e->r, e->status, h, n);

@@ -68,8 +68,8 @@ typedef struct {
                                          0 means 1 */
     unsigned           socket_mode;   /* listening socket; 0 means 0600 */
     long               allow_uid;     /* peer uid accepted besides root;
-                                         -1 means this process' euid */
-    long               allow_gid;     /* if >= 0, peers of this gid are
+                                         0 or -1 mean this process' euid */
+    long               allow_gid;     /* if > 0, peers of this gid are
                                          accepted too */
     size_t             max_head;      /* largest request head block;
                                          0 means 1 MiB */

@@ -140,7 +140,7 @@ ngxshm_server_create(ngxshm_server_t **srvp, const ngxshm_config_t *cfg)
         srv->cfg.socket_mode = NGXSHM_DEFAULT_MODE;
     }
 
-    if (srv->cfg.allow_uid == -1) {
+    if (srv->cfg.allow_uid <= 0) {
         srv->cfg.allow_uid = (long) geteuid();
     }
 
@@ -870,7 +870,7 @@ ngxshm_peer_allowed(ngxshm_server_t *srv, int fd)
     }
 
     if (cr.uid == 0 || (long) cr.uid == srv->cfg.allow_uid
-        || (srv->cfg.allow_gid >= 0 && (long) cr.gid == srv->cfg.allow_gid))
+        || (srv->cfg.allow_gid > 0 && (long) cr.gid == srv->cfg.allow_gid))
     {
         return 1;
     }
