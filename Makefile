@@ -28,13 +28,14 @@ HEADERS  = $(wildcard include/*.h) $(wildcard src/lib/*.h)
 EXAMPLES = $(patsubst examples/%.c,$(B)/examples/ngxshm-%, \
              $(wildcard examples/*.c))
 UNITS    = $(patsubst t/unit/%.c,$(B)/t/unit-%,$(wildcard t/unit/*.c))
+TTOOLS   = $(patsubst t/tools/%.c,$(B)/t/tools/%,$(wildcard t/tools/*.c))
 
 VERSION  = 0.1.0
 
 .PHONY: all deps module lib examples units test test-plain test-asan \
-        run stop check-style clean
+        run stop check-style clean bench bench-quick
 
-all: module lib examples units
+all: module lib examples units $(TTOOLS)
 
 deps:
 	@sh tools/deps.sh
@@ -74,9 +75,13 @@ $(B)/t/unit-%: t/unit/%.c $(B)/libngxshm.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Isrc/lib -o $@ $< $(B)/libngxshm.a $(LDLIBS)
 
+$(B)/t/tools/%: t/tools/%.c $(B)/libngxshm.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Isrc/lib -o $@ $< $(B)/libngxshm.a $(LDLIBS)
+
 check-style:
 	@perl tools/check-style.pl src/module/*.c src/lib/*.c src/lib/*.h \
-	    include/*.h examples/*.c t/unit/*.c
+	    include/*.h examples/*.c t/unit/*.c $(wildcard t/tools/*.c)
 
 test: deps
 	$(MAKE) all
@@ -86,6 +91,14 @@ test: deps
 	    prove -j2 --timer $(B)/t/unit-* t/*.t
 	NGXSHM_BUILD=$(CURDIR)/build/asan NGXSHM_ASAN=1 \
 	    prove -j2 --timer build/asan/t/unit-* t/*.t
+
+bench: all
+	@sh tools/deps.sh bench
+	@sh bench/run.sh
+
+bench-quick: all
+	@sh tools/deps.sh bench
+	@QUICK=1 sh bench/run.sh
 
 run: deps all
 	@sh tools/run.sh start

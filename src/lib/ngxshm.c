@@ -788,16 +788,12 @@ ngxshm_loop_check_drain(ngxshm_loop_t *loop)
         ch = ngxshm_link_data(l, ngxshm_chan_t, link);
 
         if (ch->state == NGXSHM_CH_OPEN && !expired) {
-            /* a stream nginx opened before it saw GOAWAY may be there */
-            if (ch->nopen == 0 && ch->qlen == 0) {
-                ngxshm_chan_drain(ch);
-            }
-
-            if (ch->state != NGXSHM_CH_OPEN
-                || ch->nopen != 0 || ch->qlen != 0)
-            {
-                continue;
-            }
+            /*
+             * nginx closes the channel once it has seen GOAWAY and its
+             * last stream has ended; a stream it opened before it saw
+             * GOAWAY is still served meanwhile
+             */
+            continue;
         }
 
         ngxshm_chan_fail(ch, NULL);

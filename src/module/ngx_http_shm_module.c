@@ -2881,6 +2881,15 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
 
     if (s->out_end && s->in_end) {
         ngx_http_shm_stream_unslot(s);
+
+        if (ch->goaway && ch->nstreams == 0
+            && ngx_queue_empty(&ch->ctl_pending))
+        {
+            ngx_log_error(NGX_LOG_INFO, ch->log, 0,
+                          "sidecar %V went away, channel closed",
+                          &ch->name);
+            ngx_http_shm_channel_close(ch);
+        }
     }
 
     return NULL;
