@@ -32,14 +32,12 @@
  *   X-Echo-Headers: 1     instead of the body, answer a text dump:
  *                           "NAME: VALUE\n" for each request header,
  *                           in order;
- *                           "param NAME=VALUE\n" for each shm_param named
- *                           in X-Echo-Params (the API looks params up by
- *                           name), absent ones skipped;
+ *                           "param NAME=VALUE\n" for each shm_param,
+ *                           in the configuration's order;
  *                           "field KIND=VALUE\n" for KIND in method, uri,
  *                           path, query, protocol, remote_addr,
  *                           remote_port, server_addr, server_port,
  *                           server_name, scheme (in this order)
- *   X-Echo-Params: A,B    the shm_param names to dump (comma separated)
  *   X-Echo-Set-Cookie: N  add N (at most 3) Set-Cookie headers:
  *                         "a=1; Path=/", "b=2; Path=/", "c=3; HttpOnly"
  */
@@ -460,10 +458,9 @@ static char *
 echo_dump(ngxshm_request_t *r, size_t *lenp)
 {
     int            rc;
-    char          *b, name[256];
-    size_t         i, len, cap, k;
-    const char    *p, *end, *comma;
-    ngxshm_str_t   n, v, list;
+    char          *b;
+    size_t         i, len, cap;
+    ngxshm_str_t   n, v;
     static const char  *kinds[] = {
         "method", "uri", "path", "query", "protocol", "remote_addr",
         "remote_port", "server_addr", "server_port", "server_name", "scheme"
@@ -481,29 +478,12 @@ echo_dump(ngxshm_request_t *r, size_t *lenp)
         rc |= echo_append(&b, &len, &cap, "\n", 1);
     }
 
-    list = ngxshm_request_header(r, "X-Echo-Params");
-    p = list.data;
-    end = p + list.len;
-
-    while (p != NULL && p < end) {
-        comma = memchr(p, ',', end - p);
-        k = (comma ? comma : end) - p;
-
-        if (k > 0 && k < sizeof(name)) {
-            memcpy(name, p, k);
-            name[k] = '\0';
-            v = ngxshm_request_param(r, name);
-
-            if (v.data != NULL) {
-                rc |= echo_append(&b, &len, &cap, "param ", 6);
-                rc |= echo_append(&b, &len, &cap, name, k);
-                rc |= echo_append(&b, &len, &cap, "=", 1);
-                rc |= echo_append(&b, &len, &cap, v.data, v.len);
-                rc |= echo_append(&b, &len, &cap, "\n", 1);
-            }
-        }
-
-        p = comma ? comma + 1 : end;
+    for (i = 0; ngxshm_request_param_at(r, i, &n, &v) == 0; i++) {
+        rc |= echo_append(&b, &len, &cap, "param ", 6);
+        rc |= echo_append(&b, &len, &cap, n.data, n.len);
+        rc |= echo_append(&b, &len, &cap, "=", 1);
+        rc |= echo_append(&b, &len, &cap, v.data, v.len);
+        rc |= echo_append(&b, &len, &cap, "\n", 1);
     }
 
     for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {

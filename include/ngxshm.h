@@ -123,6 +123,13 @@ int ngxshm_request_header_at(const ngxshm_request_t *r, size_t i,
 ngxshm_str_t ngxshm_request_header(const ngxshm_request_t *r,
     const char *name);
 
+/* number of shm_param values, in the configuration's order */
+size_t ngxshm_request_param_count(const ngxshm_request_t *r);
+
+/* the i-th shm_param; 0 or -ERANGE */
+int ngxshm_request_param_at(const ngxshm_request_t *r, size_t i,
+    ngxshm_str_t *name, ngxshm_str_t *value);
+
 /* value of the shm_param named so (case-sensitive); data NULL if none */
 ngxshm_str_t ngxshm_request_param(const ngxshm_request_t *r,
     const char *name);

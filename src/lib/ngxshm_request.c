@@ -792,23 +792,54 @@ ngxshm_request_header_count(const ngxshm_request_t *r)
 }
 
 
-NGXSHM_API int
-ngxshm_request_header_at(const ngxshm_request_t *r, size_t i,
+static int
+ngxshm_pair_at(const ngxshm_header_t *pairs, size_t n, size_t i,
     ngxshm_str_t *name, ngxshm_str_t *value)
 {
-    if (r == NULL || i >= r->nhdrs) {
+    if (i >= n) {
         return -ERANGE;
     }
 
     if (name != NULL) {
-        *name = r->hdrs[i].name;
+        *name = pairs[i].name;
     }
 
     if (value != NULL) {
-        *value = r->hdrs[i].value;
+        *value = pairs[i].value;
     }
 
     return 0;
+}
+
+
+NGXSHM_API int
+ngxshm_request_header_at(const ngxshm_request_t *r, size_t i,
+    ngxshm_str_t *name, ngxshm_str_t *value)
+{
+    if (r == NULL) {
+        return -ERANGE;
+    }
+
+    return ngxshm_pair_at(r->hdrs, r->nhdrs, i, name, value);
+}
+
+
+NGXSHM_API size_t
+ngxshm_request_param_count(const ngxshm_request_t *r)
+{
+    return r != NULL ? r->nparams : 0;
+}
+
+
+NGXSHM_API int
+ngxshm_request_param_at(const ngxshm_request_t *r, size_t i,
+    ngxshm_str_t *name, ngxshm_str_t *value)
+{
+    if (r == NULL) {
+        return -ERANGE;
+    }
+
+    return ngxshm_pair_at(r->params, r->nparams, i, name, value);
 }
 
 
