@@ -152,7 +152,7 @@ void ngxshm_request_abort(ngxshm_request_t *r);
 
 
 /* send the response head: status 200..599, headers (no hop-by-hop,
- * no CR, LF or NUL); 0, -EINVAL, -EALREADY or -ECANCELED */
+ * no CR, LF or NUL); 0, -EINVAL, -EALREADY, -ECANCELED or -ENOMEM */
 int ngxshm_response_start(ngxshm_request_t *r, unsigned status,
     const ngxshm_header_t *headers, size_t n);
 
@@ -163,11 +163,14 @@ ssize_t ngxshm_response_write(ngxshm_request_t *r, const void *data,
     size_t len);
 
 /* end the response body and complete the request; frees r (also if it
- * was cancelled); 0 or -ECANCELED */
+ * was cancelled); 0, -ECANCELED, or -EINVAL if the response was never
+ * started (then nginx gets a reset and answers 502) */
 int ngxshm_response_end(ngxshm_request_t *r);
 
 /* one-shot: head, whole body (queued in library memory beyond the
- * credit), end; completes the request and frees r; 0 or -errno */
+ * credit), end; completes the request and frees r, except on -EINVAL
+ * and -EALREADY, where nothing was sent and r is still the caller's;
+ * 0 or -errno */
 int ngxshm_respond(ngxshm_request_t *r, unsigned status,
     const ngxshm_header_t *headers, size_t n, const void *body, size_t len);
 
