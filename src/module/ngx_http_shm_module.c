@@ -27,7 +27,6 @@
 
 #define NGX_HTTP_SHM_MAX_STREAMS       4096
 
-#define NGX_HTTP_SHM_CH_CONNECTING     0
 #define NGX_HTTP_SHM_CH_HANDSHAKE      1
 #define NGX_HTTP_SHM_CH_READY          2
 
@@ -118,6 +117,7 @@ struct ngx_http_shm_stream_s {
     unsigned                       cancel:1;     /* CANCEL to write */
     unsigned                       waiting:1;    /* in wait_space */
     unsigned                       ctl_queued:1;
+    unsigned                       slot_held:1;  /* until CANCEL written */
     unsigned                       destroyed:1;
 };
 
@@ -202,8 +202,8 @@ static ngx_http_shm_channel_t *ngx_http_shm_channel_get(
     size_t segment_size, ngx_msec_t timeout);
 static ngx_int_t ngx_http_shm_channel_setup(ngx_http_shm_channel_t *ch);
 static ngx_int_t ngx_http_shm_channel_hello(ngx_http_shm_channel_t *ch);
-static void ngx_http_shm_channel_connected(ngx_event_t *wev);
 static void ngx_http_shm_channel_read(ngx_event_t *rev);
+static void ngx_http_shm_channel_idle(ngx_event_t *wev);
 static void ngx_http_shm_channel_notify(ngx_event_t *rev);
 static void ngx_http_shm_channel_drain(ngx_http_shm_channel_t *ch);
 static ngx_int_t ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch,
@@ -1279,7 +1279,9 @@ ngx_http_shm_free_peer(ngx_peer_connection_t *pc, void *data,
                 c->pool = NULL;
             }
 
-            if (!s->failed && !(s->in_end && s->out_end)) {
+            /* only the sidecar's failures count for max_fails */
+
+            if (s->failed || s->reset) {
                 state |= NGX_PEER_FAILED;
             }
 
@@ -1298,11 +1300,8 @@ static ngx_http_shm_channel_t *
 ngx_http_shm_channel_get(ngx_http_shm_main_conf_t *smcf,
     ngx_peer_connection_t *pc, size_t segment_size, ngx_msec_t timeout)
 {
-    int                      rc;
-    ngx_err_t                err;
     ngx_queue_t             *q;
     ngx_socket_t             fd;
-    ngx_event_t             *rev, *wev;
     ngx_connection_t        *c;
     ngx_http_shm_channel_t  *ch;
 
@@ -1315,7 +1314,13 @@ ngx_http_shm_channel_get(ngx_http_shm_main_conf_t *smcf,
         if (!ch->goaway && ch->socklen == pc->socklen
             && ngx_memcmp(&ch->sockaddr, pc->sockaddr, pc->socklen) == 0)
         {
-            return ch;
+            if (!ch->broken) {
+                return ch;
+            }
+
+            ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
+                                      "request ring head out of range");
+            break;
         }
     }
 
@@ -1383,44 +1388,19 @@ ngx_http_shm_channel_get(ngx_http_shm_main_conf_t *smcf,
         goto failed;
     }
 
-    rev = c->read;
-    wev = c->write;
+    /*
+     * a UNIX socket connects at once or not at all: EAGAIN means the
+     * sidecar's listen queue is full, and fails like a refusal
+     */
 
-    rc = connect(fd, (struct sockaddr *) &ch->sockaddr, ch->socklen);
+    if (connect(fd, (struct sockaddr *) &ch->sockaddr, ch->socklen) == -1) {
+        ngx_log_error(NGX_LOG_ERR, pc->log, ngx_socket_errno,
+                      "connect() to sidecar %V failed", pc->name);
+        goto failed;
+    }
 
-    if (rc == -1) {
-        err = ngx_socket_errno;
-
-        if (err != NGX_EINPROGRESS && err != NGX_EAGAIN) {
-            ngx_log_error(NGX_LOG_ERR, pc->log, err,
-                          "connect() to sidecar %V failed", pc->name);
-            goto failed;
-        }
-
-        /* a full listen queue: wait for the sidecar to accept */
-
-        ch->state = NGX_HTTP_SHM_CH_CONNECTING;
-
-        wev->handler = ngx_http_shm_channel_connected;
-        rev->handler = ngx_http_shm_channel_read;
-
-        if (ngx_add_conn) {
-            if (ngx_add_conn(c) == NGX_ERROR) {
-                goto failed;
-            }
-
-        } else if (ngx_add_event(wev, NGX_WRITE_EVENT, NGX_CLEAR_EVENT)
-                   != NGX_OK)
-        {
-            goto failed;
-        }
-
-        ngx_add_timer(wev, timeout);
-
-    } else {
-        if (ngx_http_shm_channel_setup(ch) != NGX_OK) {
-            goto failed;
-        }
+    if (ngx_http_shm_channel_setup(ch) != NGX_OK) {
+        goto failed;
     }
 
     ngx_queue_insert_tail(&smcf->channels, &ch->queue);
@@ -1559,7 +1539,7 @@ ngx_http_shm_channel_setup(ngx_http_shm_channel_t *ch)
     ch->state = NGX_HTTP_SHM_CH_HANDSHAKE;
 
     c->read->handler = ngx_http_shm_channel_read;
-    c->write->handler = ngx_http_shm_channel_connected;
+    c->write->handler = ngx_http_shm_channel_idle;
 
     if (!c->read->active
         && ngx_add_event(c->read, NGX_READ_EVENT, NGX_CLEAR_EVENT) != NGX_OK)
@@ -1633,50 +1613,9 @@ ngx_http_shm_channel_hello(ngx_http_shm_channel_t *ch)
 
 
 static void
-ngx_http_shm_channel_connected(ngx_event_t *wev)
+ngx_http_shm_channel_idle(ngx_event_t *wev)
 {
-    int                      err;
-    socklen_t                len;
-    ngx_connection_t        *c;
-    ngx_http_shm_channel_t  *ch;
-
-    c = wev->data;
-    ch = c->data;
-
-    if (ch->state != NGX_HTTP_SHM_CH_CONNECTING) {
-        return;
-    }
-
-    if (wev->timedout) {
-        ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
-                                  "connect to sidecar timed out");
-        return;
-    }
-
-    if (wev->timer_set) {
-        ngx_del_timer(wev);
-    }
-
-    err = 0;
-    len = sizeof(int);
-
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len) == -1) {
-        err = ngx_socket_errno;
-    }
-
-    if (err) {
-        ngx_log_error(NGX_LOG_ERR, ch->log, err,
-                      "connect() to sidecar %V failed", &ch->name);
-        ngx_http_shm_channel_fail(ch, NGX_LOG_INFO, "connect failed");
-        return;
-    }
-
-    if (ngx_http_shm_channel_setup(ch) != NGX_OK) {
-        ngx_http_shm_channel_fail(ch, NGX_LOG_ERR, "channel setup failed");
-        return;
-    }
-
-    ngx_http_shm_channel_space(ch);
+    /* the socket is never written after the handshake */
 }
 
 
@@ -1695,10 +1634,6 @@ ngx_http_shm_channel_read(ngx_event_t *rev)
         ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
                                   "sidecar did not answer the handshake "
                                   "within shm_connect_timeout");
-        return;
-    }
-
-    if (ch->state == NGX_HTTP_SHM_CH_CONNECTING) {
         return;
     }
 
@@ -1756,6 +1691,14 @@ ngx_http_shm_channel_read(ngx_event_t *rev)
     if (rev->timer_set) {
         ngx_del_timer(rev);
     }
+
+    /*
+     * the events are edge-triggered: an EOF or a message that came with
+     * the acknowledgement brings no new event, so look for it now (once:
+     * in the ready state anything but EAGAIN fails the channel)
+     */
+
+    ngx_http_shm_channel_read(rev);
 }
 
 
@@ -1851,8 +1794,10 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
                    "http shm frame type:%ud flags:%ud stream:%uD/%uD "
                    "len:%uD", f->type, f->flags, f->stream, f->gen, f->len);
 
+    chunk = NULL;
+
     if (f->type == NGXSHM_GOAWAY) {
-        if (f->stream != 0 || f->gen != 0 || f->len != 0) {
+        if (f->stream != 0 || f->gen != 0 || f->len != 0 || f->flags != 0) {
             bad = "invalid GOAWAY frame";
             goto violation;
         }
@@ -1885,10 +1830,29 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
         return NGX_OK;
     }
 
+    if (f->len && (f->type == NGXSHM_RESP_HEAD
+                   || f->type == NGXSHM_RESP_BODY))
+    {
+        /* copied once: everything below looks at our copy only */
+
+        chunk = ngx_alloc(offsetof(ngx_http_shm_chunk_t, data) + f->len,
+                          ch->log);
+        if (chunk == NULL) {
+            ngx_http_shm_stream_fail(s, 1, NULL);
+            return NGX_OK;
+        }
+
+        chunk->next = NULL;
+        chunk->len = f->len;
+        chunk->pos = 0;
+        chunk->body = (f->type == NGXSHM_RESP_BODY);
+        ngx_memcpy(chunk->data, payload, f->len);
+    }
+
     switch (f->type) {
 
     case NGXSHM_CREDIT:
-        if (f->len != sizeof(uint32_t)) {
+        if (f->len != sizeof(uint32_t) || f->flags != 0) {
             bad = "invalid CREDIT frame";
             goto violation;
         }
@@ -1909,7 +1873,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
         return NGX_OK;
 
     case NGXSHM_RESET:
-        if (f->len != 0) {
+        if (f->len != 0 || f->flags != 0) {
             bad = "invalid RESET frame";
             goto violation;
         }
@@ -1947,7 +1911,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
                 goto violation;
             }
 
-            ngx_memcpy(&head, payload, sizeof(ngxshm_head_t));
+            ngx_memcpy(&head, chunk->data, sizeof(ngxshm_head_t));
 
             if (head.size < sizeof(ngxshm_head_t)) {
                 bad = "invalid head block size";
@@ -1961,6 +1925,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
                               "sidecar %V sent too big header: %uD bytes, "
                               "\"shm_buffer_size\" is %uz",
                               &ch->name, head.size, s->head_max);
+                ngx_free(chunk);
                 ngx_http_shm_stream_fail(s, 1, NULL);
                 return NGX_OK;
             }
@@ -2005,27 +1970,14 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
         break;
     }
 
-    if (f->flags & NGXSHM_F_END) {
-        s->in_end = 1;
-    }
-
-    if (f->len) {
-        chunk = ngx_alloc(offsetof(ngx_http_shm_chunk_t, data) + f->len,
-                          ch->log);
-        if (chunk == NULL) {
-            ngx_http_shm_stream_fail(s, 1, NULL);
-            return NGX_OK;
-        }
-
-        chunk->next = NULL;
-        chunk->len = f->len;
-        chunk->pos = 0;
-        chunk->body = (f->type == NGXSHM_RESP_BODY);
-        ngx_memcpy(chunk->data, payload, f->len);
-
+    if (chunk) {
         *s->in_last = chunk;
         s->in_last = &chunk->next;
         s->in_bytes += f->len;
+    }
+
+    if (f->flags & NGXSHM_F_END) {
+        s->in_end = 1;
     }
 
     if (s->in_end && s->out_end) {
@@ -2038,6 +1990,10 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
     return NGX_OK;
 
 violation:
+
+    if (chunk) {
+        ngx_free(chunk);
+    }
 
     ngx_http_shm_channel_fail(ch, NGX_LOG_ERR, bad);
 
@@ -2176,6 +2132,14 @@ ngx_http_shm_channel_close(ngx_http_shm_channel_t *ch)
     }
 
     if (ch->notify) {
+        /*
+         * the sidecar shares this eventfd's file description, so close()
+         * alone would leave it in our epoll set
+         */
+        if (ch->notify->read->active) {
+            (void) ngx_del_event(ch->notify->read, NGX_READ_EVENT, 0);
+        }
+
         ngx_close_connection(ch->notify);
         ch->notify = NULL;
     }
@@ -2240,6 +2204,21 @@ ngx_http_shm_stream_open(ngx_http_shm_channel_t *ch, ngx_http_request_t *r,
     s->ch = ch;
     s->request = r;
     s->slot = ch->free_slots[--ch->nfree];
+
+    while (ch->gens[s->slot] == 0xffffffff) {
+        /* generations never wrap: a slot that used them all retires */
+
+        if (ch->nfree == 0) {
+            ngx_log_error(NGX_LOG_ERR, pc->log, 0,
+                          "no free stream on the channel to sidecar %V",
+                          &ch->name);
+            ngx_queue_insert_tail(&smcf->free_streams, &s->queue);
+            return NULL;
+        }
+
+        s->slot = ch->free_slots[--ch->nfree];
+    }
+
     s->gen = ++ch->gens[s->slot];
     s->head_len = ctx->head_len;
     s->send_total = ctx->send_total;
@@ -2332,9 +2311,27 @@ ngx_http_shm_stream_unslot(ngx_http_shm_stream_t *s)
     }
 
     ch->slots[s->slot] = NULL;
-    ch->free_slots[ch->nfree++] = s->slot;
     ch->nstreams--;
     s->released = 1;
+
+    if (s->cancel) {
+        /*
+         * the slot is reused only once the CANCEL is in the ring: a new
+         * stream's frames must come after it
+         */
+        s->slot_held = 1;
+
+    } else {
+        ch->free_slots[ch->nfree++] = s->slot;
+
+        /* a CREDIT still queued is moot, and would name an old stream */
+        s->unreported = 0;
+
+        if (s->ctl_queued) {
+            ngx_queue_remove(&s->ctl);
+            s->ctl_queued = 0;
+        }
+    }
 
     if (s->waiting) {
         ngx_queue_remove(&s->wait);
@@ -2453,6 +2450,11 @@ ngx_http_shm_stream_ctl(ngx_http_shm_stream_t *s)
     if (s->cancel) {
         f->type = NGXSHM_CANCEL;
         s->cancel = 0;
+
+        if (s->slot_held) {
+            ch->free_slots[ch->nfree++] = s->slot;
+            s->slot_held = 0;
+        }
 
     } else {
         f->type = NGXSHM_CREDIT;
@@ -2767,10 +2769,6 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
     if (s->destroyed || s->failed || ch == NULL) {
         c->write->error = 1;
         return NGX_CHAIN_ERROR;
-    }
-
-    if (ch->state == NGX_HTTP_SHM_CH_CONNECTING) {
-        goto wait;
     }
 
     bad = 0;
