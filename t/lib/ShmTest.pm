@@ -39,8 +39,10 @@ package ShmTest;
 #                              paths and access_log inside http {}
 #   plan($n)                   $n + 1 tests: the last is "no alerts"
 #   run(), stop(), reload([$text]), worker_pids(), nginx_pid()
-#   run_sidecar($prog, @args [, {socket => $path, env => {...}}])
+#   run_sidecar($prog, @args [, {socket => $path, env => {...},
+#                                 may_exit => 1}])
 #   kill_sidecar($h, 'KILL' | 'TERM' | 'STOP' | 'CONT')
+#   wait_sidecar($h [, $timeout])  wait for it to exit; its wait status
 #   mark_log(), read_log(), wait_log($re [, $timeout])
 #   allow_log(qr/.../), asan_options('name=value:...')
 #   testdir(), read_file($name), write_file($name, $text), done()
@@ -54,7 +56,8 @@ package ShmTest;
 # logs, on any sanitizer report (asan.* and ubsan.* files, or "runtime
 # error:" and "ERROR: AddressSanitizer" in the logs), on an nginx that
 # did not quit gracefully, and on a sidecar that died by itself or did
-# not exit with status 0 on SIGTERM.
+# not exit with status 0 on SIGTERM.  A sidecar started with may_exit => 1
+# may exit by itself, with status 0.
 
 use strict;
 use warnings;
@@ -526,7 +529,8 @@ sub _all_children {
 # a name with a slash is a path.  Arguments may use %%TESTDIR%%.  Waits
 # until its socket accepts connections: the socket is the first argument
 # that starts with "/", or { socket => PATH } as the last argument
-# (socket => undef: do not wait).  Returns a handle; $h->{pid}.
+# (socket => undef: do not wait).  may_exit => 1: the sidecar may exit by
+# itself (with status 0) before the end.  Returns a handle; $h->{pid}.
 sub run_sidecar {
     my ($self, $prog, @args) = @_;
 
@@ -551,7 +555,8 @@ sub run_sidecar {
 
     my $pid = $self->_spawn(\%env, $out, $err, $path, @args);
     my $h = { pid => $pid, name => "$base.$n", path => $path,
-              socket => $sock, stdout => $out, stderr => $err };
+              socket => $sock, stdout => $out, stderr => $err,
+              may_exit => $opt->{may_exit} ? 1 : 0 };
 
     push @{$self->{sidecars}}, $h;
 
@@ -613,6 +618,20 @@ sub kill_sidecar {
 }
 
 
+# wait until a sidecar exits by itself; returns its wait status, or undef
+# if it still runs after $timeout s (default $TIMEOUT)
+sub wait_sidecar {
+    my ($self, $h, $timeout) = @_;
+
+    return $h->{status} if defined $h->{status};
+
+    my $st = _gone($h->{pid}, $timeout || $TIMEOUT);
+    $h->{status} = $st if defined $st;
+
+    return $st;
+}
+
+
 # remember the end of error.log; read_log() returns what follows it
 sub mark_log {
     my ($self) = @_;
@@ -661,7 +680,8 @@ sub done {
         if (waitpid($h->{pid}, WNOHANG) == $h->{pid}) {
             $h->{status} = $?;
             push @{$self->{problems}},
-                "sidecar $h->{name} exited by itself, status $?";
+                "sidecar $h->{name} exited by itself, status $?"
+                unless $h->{may_exit} && $? == 0;
             next;
         }
 
