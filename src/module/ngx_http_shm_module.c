@@ -27,6 +27,16 @@
 
 #define NGX_HTTP_SHM_MAX_STREAMS       4096
 
+/*
+ * frame copies: small ones from malloc(), larger ones in power-of-two
+ * classes kept on a per-worker free list (up to CHUNK_CACHE bytes), so
+ * that streaming large bodies does not grow and trim the heap, faulting
+ * pages in, for every frame
+ */
+#define NGX_HTTP_SHM_CHUNK_SMALL       2048
+#define NGX_HTTP_SHM_CHUNK_CLASSES     32
+#define NGX_HTTP_SHM_CHUNK_CACHE       (4 * 1024 * 1024)
+
 #define NGX_HTTP_SHM_CH_HANDSHAKE      1
 #define NGX_HTTP_SHM_CH_READY          2
 
@@ -65,6 +75,8 @@ typedef struct {
     ngx_event_t                    reaper;
     ngx_socket_t                   dummy_fd;
     ngx_uint_t                     nchannels;
+    ngx_http_shm_chunk_t          *chunks[NGX_HTTP_SHM_CHUNK_CLASSES];
+    size_t                         chunks_cached;
 } ngx_http_shm_main_conf_t;
 
 
@@ -73,6 +85,7 @@ struct ngx_http_shm_chunk_s {
     uint32_t                       len;
     uint32_t                       pos;
     unsigned                       body:1;
+    unsigned                       cls:5;        /* 0: plain malloc() */
     u_char                         data[1];
 };
 
@@ -87,6 +100,7 @@ struct ngx_http_shm_stream_s {
     ngx_queue_t                    ctl;          /* channel's ctl_pending */
 
     ngx_http_shm_channel_t        *ch;
+    ngx_http_shm_main_conf_t      *smcf;
     ngx_http_request_t            *request;
 
     uint32_t                       slot;
@@ -227,6 +241,10 @@ static void ngx_http_shm_stream_release(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_free_chunks(ngx_http_shm_stream_t *s);
 static ngx_int_t ngx_http_shm_stream_ctl(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_reaper(ngx_event_t *ev);
+static ngx_http_shm_chunk_t *ngx_http_shm_chunk_alloc(
+    ngx_http_shm_main_conf_t *smcf, uint32_t len, ngx_log_t *log);
+static void ngx_http_shm_chunk_free(ngx_http_shm_main_conf_t *smcf,
+    ngx_http_shm_chunk_t *chunk);
 
 static ssize_t ngx_http_shm_recv(ngx_connection_t *c, u_char *buf,
     size_t size);
@@ -1835,8 +1853,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
     {
         /* copied once: everything below looks at our copy only */
 
-        chunk = ngx_alloc(offsetof(ngx_http_shm_chunk_t, data) + f->len,
-                          ch->log);
+        chunk = ngx_http_shm_chunk_alloc(ch->smcf, f->len, ch->log);
         if (chunk == NULL) {
             ngx_http_shm_stream_fail(s, 1, NULL);
             return NGX_OK;
@@ -1925,7 +1942,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
                               "sidecar %V sent too big header: %uD bytes, "
                               "\"shm_buffer_size\" is %uz",
                               &ch->name, head.size, s->head_max);
-                ngx_free(chunk);
+                ngx_http_shm_chunk_free(ch->smcf, chunk);
                 ngx_http_shm_stream_fail(s, 1, NULL);
                 return NGX_OK;
             }
@@ -1992,7 +2009,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
 violation:
 
     if (chunk) {
-        ngx_free(chunk);
+        ngx_http_shm_chunk_free(ch->smcf, chunk);
     }
 
     ngx_http_shm_channel_fail(ch, NGX_LOG_ERR, bad);
@@ -2202,6 +2219,7 @@ ngx_http_shm_stream_open(ngx_http_shm_channel_t *ch, ngx_http_request_t *r,
     ctx = ngx_http_get_module_ctx(r, ngx_http_shm_module);
 
     s->ch = ch;
+    s->smcf = smcf;
     s->request = r;
     s->slot = ch->free_slots[--ch->nfree];
 
@@ -2566,7 +2584,7 @@ ngx_http_shm_stream_free_chunks(ngx_http_shm_stream_t *s)
 
     for (chunk = s->in; chunk; chunk = next) {
         next = chunk->next;
-        ngx_free(chunk);
+        ngx_http_shm_chunk_free(s->smcf, chunk);
     }
 
     s->in = NULL;
@@ -2594,6 +2612,70 @@ ngx_http_shm_reaper(ngx_event_t *ev)
         ngx_queue_remove(q);
         ngx_queue_insert_tail(&smcf->free_streams, q);
     }
+}
+
+
+static ngx_http_shm_chunk_t *
+ngx_http_shm_chunk_alloc(ngx_http_shm_main_conf_t *smcf, uint32_t len,
+    ngx_log_t *log)
+{
+    size_t                 size;
+    ngx_uint_t             cls;
+    ngx_http_shm_chunk_t  *chunk;
+
+    size = offsetof(ngx_http_shm_chunk_t, data) + len;
+
+    if (len <= NGX_HTTP_SHM_CHUNK_SMALL) {
+        chunk = ngx_alloc(size, log);
+        if (chunk == NULL) {
+            return NULL;
+        }
+
+        chunk->cls = 0;
+        return chunk;
+    }
+
+    for (cls = 12; ((size_t) 1 << cls) < size; cls++) {
+        /* void */
+    }
+
+    chunk = smcf->chunks[cls];
+
+    if (chunk) {
+        smcf->chunks[cls] = chunk->next;
+        smcf->chunks_cached -= (size_t) 1 << cls;
+
+    } else {
+        chunk = ngx_alloc((size_t) 1 << cls, log);
+        if (chunk == NULL) {
+            return NULL;
+        }
+    }
+
+    chunk->cls = cls;
+
+    return chunk;
+}
+
+
+static void
+ngx_http_shm_chunk_free(ngx_http_shm_main_conf_t *smcf,
+    ngx_http_shm_chunk_t *chunk)
+{
+    size_t  size;
+
+    size = (size_t) 1 << chunk->cls;
+
+    if (chunk->cls == 0
+        || smcf->chunks_cached + size > NGX_HTTP_SHM_CHUNK_CACHE)
+    {
+        ngx_free(chunk);
+        return;
+    }
+
+    chunk->next = smcf->chunks[chunk->cls];
+    smcf->chunks[chunk->cls] = chunk;
+    smcf->chunks_cached += size;
 }
 
 
@@ -2648,7 +2730,7 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
                 s->in_last = &s->in;
             }
 
-            ngx_free(chunk);
+            ngx_http_shm_chunk_free(s->smcf, chunk);
         }
     }
 
@@ -3483,7 +3565,9 @@ ngx_http_shm_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_shm_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                 i;
     ngx_queue_t               *q;
+    ngx_http_shm_chunk_t      *chunk;
     ngx_http_shm_channel_t    *ch;
     ngx_http_shm_stream_t     *s;
     ngx_http_shm_main_conf_t  *smcf;
@@ -3508,6 +3592,16 @@ ngx_http_shm_exit_process(ngx_cycle_t *cycle)
         s = ngx_queue_data(q, ngx_http_shm_stream_t, queue);
         ngx_free(s);
     }
+
+    for (i = 0; i < NGX_HTTP_SHM_CHUNK_CLASSES; i++) {
+        while (smcf->chunks[i]) {
+            chunk = smcf->chunks[i];
+            smcf->chunks[i] = chunk->next;
+            ngx_free(chunk);
+        }
+    }
+
+    smcf->chunks_cached = 0;
 
     close(smcf->dummy_fd);
     smcf->dummy_fd = (ngx_socket_t) -1;
