@@ -57,6 +57,7 @@ static void ngxshm_chan_drain(ngxshm_chan_t *ch);
 static void ngxshm_chan_flush(ngxshm_chan_t *ch);
 static void ngxshm_chan_teardown(ngxshm_chan_t *ch);
 static void ngxshm_chan_wake_nginx(ngxshm_chan_t *ch);
+static void ngxshm_loop_flush(ngxshm_loop_t *loop);
 static int ngxshm_chan_put(ngxshm_chan_t *ch, const ngxshm_frame_t *hdr,
     const void *data);
 static int ngxshm_is_eventfd(int fd);
@@ -623,9 +624,11 @@ ngxshm_loop_once(ngxshm_loop_t *loop, int timeout)
     }
 
     ngxshm_loop_settle(loop);
+    ngxshm_loop_flush(loop);
 
     if (loop->stopping) {
         ngxshm_loop_check_drain(loop);
+        ngxshm_loop_flush(loop);
 
         if (loop->done) {
             return n > 0 ? n : -ESHUTDOWN;
@@ -1400,14 +1403,36 @@ ngxshm_chan_drain(ngxshm_chan_t *ch)
 static void
 ngxshm_chan_wake_nginx(ngxshm_chan_t *ch)
 {
-    uint64_t  one;
+    /* one eventfd write per dispatch batch, see ngxshm_loop_flush() */
+    ch->wake = 1;
+}
+
+
+/* signal nginx for every channel that produced frames in this batch */
+static void
+ngxshm_loop_flush(ngxshm_loop_t *loop)
+{
+    uint64_t        one;
+    ngxshm_link_t  *l, *next;
+    ngxshm_chan_t  *ch;
 
     one = 1;
 
-    if (write(ch->efd_nginx, &one, sizeof(one)) < 0
-        && errno != EAGAIN && errno != EINTR)
-    {
-        ngxshm_chan_fail(ch, "eventfd write failed");
+    for (l = loop->chans.next; l != &loop->chans; l = next) {
+        next = l->next;
+        ch = ngxshm_link_data(l, ngxshm_chan_t, link);
+
+        if (!ch->wake || ch->state != NGXSHM_CH_OPEN) {
+            continue;
+        }
+
+        ch->wake = 0;
+
+        if (write(ch->efd_nginx, &one, sizeof(one)) < 0
+            && errno != EAGAIN && errno != EINTR)
+        {
+            ngxshm_chan_fail(ch, "eventfd write failed");
+        }
     }
 }
 

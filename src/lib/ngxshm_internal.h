@@ -190,6 +190,7 @@ struct ngxshm_chan_s {
 
     ngxshm_link_t       waiters;      /* requests waiting for ring space */
     unsigned            goaway:1;
+    unsigned            wake:1;       /* write efd_nginx after the batch */
 };
 
 

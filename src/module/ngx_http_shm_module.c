@@ -2415,7 +2415,9 @@ ngx_http_shm_stream_fail(ngx_http_shm_stream_t *s, ngx_uint_t cancel,
             s->waiting = 0;
         }
 
-        if (cancel && !s->released) {
+        /* the sidecar knows a stream only once its first frame is out */
+
+        if (cancel && !s->released && s->sent > 0) {
             s->cancel = 1;
         }
 
@@ -2561,7 +2563,7 @@ ngx_http_shm_stream_release(ngx_http_shm_stream_t *s)
     }
 
     if (!s->released) {
-        s->cancel = 1;
+        s->cancel = (s->sent > 0);
         ngx_http_shm_stream_unslot(s);
         s->ch = ch;
     }
@@ -2718,16 +2720,21 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
 
     s = (ngx_http_shm_stream_t *) c;
 
+    /*
+     * as ngx_unix_recv(): no "ready" after an error or EOF, else the
+     * non-buffered loop of the upstream code calls us again and again
+     */
+
     if (s->destroyed || (s->failed && !s->in_end) || s->reset) {
         c->read->error = 1;
-        c->read->ready = 1;
+        c->read->ready = 0;
         return NGX_ERROR;
     }
 
     if (s->in_bytes == 0) {
         if (s->in_end) {
             c->read->eof = 1;
-            c->read->ready = 1;
+            c->read->ready = 0;
             return 0;
         }
 
@@ -2777,7 +2784,14 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
         if (s->unreported >= s->ch->window / 2
             || (s->in_bytes == 0 && s->recv_window == 0))
         {
-            if (ngx_http_shm_stream_ctl(s) == NGX_OK) {
+            if (ngx_http_shm_stream_ctl(s) == NGX_OK && s->ch) {
+                if (s->ch->broken) {
+                    ngx_http_shm_channel_fail(s->ch, NGX_LOG_ERR,
+                                              "request ring head out of "
+                                              "range");
+                    return n;
+                }
+
                 ngx_http_shm_channel_signal(s->ch);
             }
         }
