@@ -1244,6 +1244,13 @@ ngx_http_shm_get_peer(ngx_peer_connection_t *pc, void *data)
 
     smcf = ngx_http_get_module_main_conf(pd->request, ngx_http_shm_module);
 
+    if (smcf->dummy_fd == (ngx_socket_t) -1
+        && ngx_http_shm_init_process((ngx_cycle_t *) ngx_cycle) != NGX_OK)
+    {
+        /* "master_process off" does not call init_process on reload */
+        return NGX_ERROR;
+    }
+
     ch = ngx_http_shm_channel_get(smcf, pc, pd->shm_upstream->segment_size,
                                   pd->request->upstream->conf
                                       ->connect_timeout);
