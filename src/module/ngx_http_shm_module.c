@@ -981,9 +981,10 @@ ngx_http_shm_process_header(ngx_http_request_t *r)
 
         for (i = 0; i < field.name_len; i++) {
             if (!ngx_http_shm_token_char(name[i])) {
+                /* up to the bad byte only: a CR or LF would forge lines */
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                              "sidecar sent invalid header name \"%*s\"",
-                              (size_t) field.name_len, name);
+                              "sidecar sent invalid header name "
+                              "\"%*s\\x%02xD...\"", i, name, name[i]);
                 return NGX_HTTP_UPSTREAM_INVALID_HEADER;
             }
         }
@@ -1736,19 +1737,18 @@ ngx_http_shm_channel_read(ngx_event_t *rev)
 static void
 ngx_http_shm_channel_notify(ngx_event_t *rev)
 {
-    uint64_t                 count;
     ngx_connection_t        *c;
     ngx_http_shm_channel_t  *ch;
 
     c = rev->data;
     ch = c->data;
 
-    if (read(c->fd, &count, sizeof(uint64_t)) == -1
-        && ngx_errno != NGX_EAGAIN)
-    {
-        ngx_log_error(NGX_LOG_ALERT, ch->log, ngx_errno,
-                      "read() from eventfd of sidecar %V failed", &ch->name);
-    }
+    /*
+     * efd_nginx is never read: it is one open file with the sidecar's
+     * copy, O_NONBLOCK included, so a sidecar could make it blocking and
+     * take the count first, and read() would hang the worker; with
+     * EPOLLET each write to it is an event all the same
+     */
 
     ngx_http_shm_channel_drain(ch);
 }
@@ -2738,7 +2738,9 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
         return NGX_ERROR;
     }
 
-    if (s->in_bytes == 0) {
+    /* the head block goes up only when its last frame (no CONT) came */
+
+    if (s->in_bytes == 0 || !s->head_done) {
         if (s->in_end) {
             c->read->eof = 1;
             c->read->ready = 0;
