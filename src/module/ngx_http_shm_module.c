@@ -225,6 +225,7 @@ static ngx_int_t ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch,
     ngxshm_frame_t *f, const u_char *payload);
 static void ngx_http_shm_channel_space(ngx_http_shm_channel_t *ch);
 static void ngx_http_shm_channel_signal(ngx_http_shm_channel_t *ch);
+static ngx_int_t ngx_http_shm_channel_settle(ngx_http_shm_channel_t *ch);
 static void ngx_http_shm_channel_wake_app(ngx_event_t *ev);
 static void ngx_http_shm_channel_fail(ngx_http_shm_channel_t *ch,
     ngx_uint_t level, const char *reason);
@@ -1795,10 +1796,23 @@ ngx_http_shm_channel_drain(ngx_http_shm_channel_t *ch)
 
     ngx_http_shm_channel_space(ch);
 
+    (void) ngx_http_shm_channel_settle(ch);
+}
+
+
+/*
+ * at a point where nobody iterates the channel: fail it if a ring
+ * operation found it broken, close it if it went away and is idle;
+ * NGX_DONE if the channel is gone
+ */
+
+static ngx_int_t
+ngx_http_shm_channel_settle(ngx_http_shm_channel_t *ch)
+{
     if (ch->broken) {
         ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
                                   "request ring head out of range");
-        return;
+        return NGX_DONE;
     }
 
     if (ch->goaway && ch->nstreams == 0
@@ -1807,7 +1821,10 @@ ngx_http_shm_channel_drain(ngx_http_shm_channel_t *ch)
         ngx_log_error(NGX_LOG_INFO, ch->log, 0,
                       "sidecar %V went away, channel closed", &ch->name);
         ngx_http_shm_channel_close(ch);
+        return NGX_DONE;
     }
+
+    return NGX_OK;
 }
 
 
@@ -2581,19 +2598,7 @@ ngx_http_shm_stream_release(ngx_http_shm_stream_t *s)
     }
 
     ngx_http_shm_channel_signal(ch);
-
-    if (ch->broken) {
-        ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
-                                  "request ring head out of range");
-        return;
-    }
-
-    if (ch->goaway && ch->nstreams == 0 && ngx_queue_empty(&ch->ctl_pending))
-    {
-        ngx_log_error(NGX_LOG_INFO, ch->log, 0,
-                      "sidecar %V went away, channel closed", &ch->name);
-        ngx_http_shm_channel_close(ch);
-    }
+    (void) ngx_http_shm_channel_settle(ch);
 }
 
 
@@ -2794,14 +2799,8 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
             || (s->in_bytes == 0 && s->recv_window == 0))
         {
             if (ngx_http_shm_stream_ctl(s) == NGX_OK && s->ch) {
-                if (s->ch->broken) {
-                    ngx_http_shm_channel_fail(s->ch, NGX_LOG_ERR,
-                                              "request ring head out of "
-                                              "range");
-                    return n;
-                }
-
                 ngx_http_shm_channel_signal(s->ch);
+                (void) ngx_http_shm_channel_settle(s->ch);
             }
         }
     }
@@ -3012,15 +3011,7 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
 
     if (s->out_end && s->in_end) {
         ngx_http_shm_stream_unslot(s);
-
-        if (ch->goaway && ch->nstreams == 0
-            && ngx_queue_empty(&ch->ctl_pending))
-        {
-            ngx_log_error(NGX_LOG_INFO, ch->log, 0,
-                          "sidecar %V went away, channel closed",
-                          &ch->name);
-            ngx_http_shm_channel_close(ch);
-        }
+        (void) ngx_http_shm_channel_settle(ch);
     }
 
     return NULL;
