@@ -108,3 +108,6 @@ stop:
 
 clean:
 	rm -rf build
+
+# more targets (fuzz, soak, profile): one file each under mk/
+-include $(wildcard mk/*.mk)

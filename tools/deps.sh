@@ -2,13 +2,13 @@
 # Install what the build and the tests need, only when it is missing.
 # Usage: tools/deps.sh [bench]
 
-pkgs="nginx nginx-dev gcc make perl curl libc6-dev"
-cmds="nginx gcc make prove curl"
+pkgs="nginx nginx-dev gcc make perl curl libc6-dev wrk"
+cmds="nginx gcc make prove curl wrk"
 
 # bench: wrk, the FastCGI contender (libfcgi, spawn-fcgi), the plot, and
 # the uwsgi contender (uwsgi-core with its symcall plugin, and the headers
 # that uwsgi.h includes, to build the C handler against "uwsgi --dot-h")
-[ "$1" = bench ] && pkgs="$pkgs wrk libfcgi-dev spawn-fcgi gnuplot-nox \
+[ "$1" = bench ] && pkgs="$pkgs libfcgi-dev spawn-fcgi gnuplot-nox \
     uwsgi-core libcap-dev libpcre3-dev libssl-dev uuid-dev zlib1g-dev"
 
 missing=""
