@@ -1340,6 +1340,14 @@ static void
 ngxshm_chan_service(ngxshm_chan_t *ch)
 {
     for ( ;; ) {
+        /* room nginx made goes to the waiting streams before new ones */
+
+        ngxshm_chan_flush(ch);
+
+        if (ch->state != NGXSHM_CH_OPEN) {
+            return;
+        }
+
         ngxshm_chan_drain(ch);
 
         if (ch->state != NGXSHM_CH_OPEN) {
@@ -1553,7 +1561,13 @@ ngxshm_chan_send_body(ngxshm_chan_t *ch, ngxshm_request_t *r,
 
     sent = 0;
 
-    if (ch->qlen != 0) {
+    /*
+     * first come, first served: a stream that finds others waiting for
+     * room waits after them, or new requests answered in this batch would
+     * take the room the sidecar's oldest streams wait for
+     */
+
+    if (ch->qlen != 0 || !ngxshm_link_empty(&ch->waiters)) {
         goto wait;
     }
 
