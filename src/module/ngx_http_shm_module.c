@@ -111,6 +111,7 @@ struct ngx_http_shm_stream_s {
     off_t                          send_total;
     off_t                          sent;
     uint32_t                       send_credit;
+    uint64_t                       wait_seq;     /* place among waiters */
 
     /* sidecar -> nginx */
     ngx_http_shm_chunk_t          *in;
@@ -165,8 +166,9 @@ struct ngx_http_shm_channel_s {
     uint32_t                       nfree;
     ngx_uint_t                     nstreams;     /* slots in use */
 
-    ngx_queue_t                    wait_space;
+    ngx_queue_t                    wait_space;   /* by wait_seq */
     ngx_queue_t                    ctl_pending;
+    uint64_t                       wait_seq;
 
     ngx_uint_t                     state;
     ngx_uint_t                     serial;
@@ -2887,7 +2889,8 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
     size_t                   n;
     uint8_t                  type, flags;
     ngx_buf_t               *b;
-    ngx_http_shm_stream_t   *s;
+    ngx_queue_t             *q;
+    ngx_http_shm_stream_t   *s, *w;
     ngx_http_shm_channel_t  *ch;
     ngxshm_frame_t          *f;
 
@@ -2904,6 +2907,16 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
     }
 
     bad = 0;
+
+    if (!s->waiting && s->wait_seq == 0
+        && !ngx_queue_empty(&ch->wait_space))
+    {
+        /*
+         * first come, first served: others wait for room in the ring, and
+         * a new request would take what the oldest ones wait for
+         */
+        goto wait;
+    }
 
     for ( /* void */ ; in; in = in->next) {
         b = in->buf;
@@ -3007,6 +3020,8 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
         return NGX_CHAIN_ERROR;
     }
 
+    s->wait_seq = 0;
+
     ngx_http_shm_channel_signal(ch);
 
     if (s->out_end && s->in_end) {
@@ -3019,12 +3034,35 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
 wait:
 
     if (!s->waiting) {
-        ngx_queue_insert_tail(&ch->wait_space, &s->wait);
+        /* a stream woken for room that finds none keeps its place */
+
+        if (s->wait_seq == 0) {
+            s->wait_seq = ++ch->wait_seq;
+        }
+
+        for (q = ngx_queue_last(&ch->wait_space);
+             q != ngx_queue_sentinel(&ch->wait_space);
+             q = ngx_queue_prev(q))
+        {
+            w = ngx_queue_data(q, ngx_http_shm_stream_t, wait);
+
+            if (w->wait_seq < s->wait_seq) {
+                break;
+            }
+        }
+
+        ngx_queue_insert_after(q, &s->wait);
         s->waiting = 1;
     }
 
+    c->write->ready = 0;
+    ngx_http_shm_channel_signal(ch);
+
+    return in;
+
 wait_credit:
 
+    s->wait_seq = 0;
     c->write->ready = 0;
     ngx_http_shm_channel_signal(ch);
 
