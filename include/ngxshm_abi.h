@@ -14,7 +14,7 @@
 
 
 #define NGXSHM_MAGIC            0x4d48534eu   /* "NSHM" */
-#define NGXSHM_VERSION          1u
+#define NGXSHM_VERSION          2u
 
 /* the segment: header page, then ring 0 data, then ring 1 data */
 #define NGXSHM_HDR_SIZE         4096u

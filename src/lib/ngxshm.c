@@ -60,6 +60,7 @@ static void ngxshm_chan_wake_nginx(ngxshm_chan_t *ch);
 static void ngxshm_loop_flush(ngxshm_loop_t *loop);
 static int ngxshm_chan_put(ngxshm_chan_t *ch, const ngxshm_frame_t *hdr,
     const void *data);
+static int ngxshm_is_wake_pipe(int fd);
 static int ngxshm_is_eventfd(int fd);
 
 
@@ -1160,8 +1161,8 @@ ngxshm_chan_attach(ngxshm_chan_t *ch, const ngxshm_msg_t *m, int *fds,
         return EINVAL;
     }
 
-    if (!ngxshm_is_eventfd(fds[1]) || !ngxshm_is_eventfd(fds[2])) {
-        *why = "wakeup descriptors are not eventfds";
+    if (!ngxshm_is_wake_pipe(fds[1]) || !ngxshm_is_eventfd(fds[2])) {
+        *why = "wakeup descriptors are not a pipe and an eventfd";
         return EINVAL;
     }
 
@@ -1295,6 +1296,27 @@ ngxshm_chan_refuse(ngxshm_chan_t *ch, int status, const char *why)
 }
 
 
+/* the read end of a pipe, made non-blocking: nginx wakes us through it */
+static int
+ngxshm_is_wake_pipe(int fd)
+{
+    int          fl;
+    struct stat  st;
+
+    if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) {
+        return 0;
+    }
+
+    fl = fcntl(fd, F_GETFL);
+
+    if (fl == -1 || (fl & O_ACCMODE) != O_RDONLY) {
+        return 0;
+    }
+
+    return (fl & O_NONBLOCK) || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
+}
+
+
 static int
 ngxshm_is_eventfd(int fd)
 {
@@ -1318,17 +1340,27 @@ ngxshm_is_eventfd(int fd)
 static void
 ngxshm_chan_efd(ngxshm_chan_t *ch)
 {
-    uint64_t  v;
+    char     buf[256];
+    ssize_t  n;
 
     if (ch->state != NGXSHM_CH_OPEN) {
         return;
     }
 
-    /* only epoll said it is readable and nobody else reads it */
-    if (read(ch->efd_app, &v, sizeof(v)) < 0
-        && errno != EAGAIN && errno != EINTR)
-    {
-        ngxshm_chan_fail(ch, "eventfd read failed");
+    /* a byte per wake-up from nginx: take them all, they mean the same */
+
+    do {
+        n = read(ch->efd_app, buf, sizeof(buf));
+    } while (n == (ssize_t) sizeof(buf));
+
+    if (n == 0) {
+        /* nginx closed the channel, as an EOF on the socket */
+        ngxshm_chan_fail(ch, NULL);
+        return;
+    }
+
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        ngxshm_chan_fail(ch, "wake-up pipe read failed");
         return;
     }
 

@@ -148,7 +148,8 @@ struct ngx_http_shm_channel_s {
 
     ngx_connection_t              *conn;         /* the UNIX socket */
     ngx_connection_t              *notify;       /* efd_nginx in epoll */
-    ngx_fd_t                       efd_app;
+    ngx_fd_t                       wake_app;     /* pipe, our write end */
+    ngx_fd_t                       wake_app_rd;  /* its read end, sent */
     ngx_fd_t                       memfd;
     u_char                        *seg;
     size_t                         seg_size;
@@ -174,6 +175,7 @@ struct ngx_http_shm_channel_s {
     ngx_uint_t                     serial;
     ngx_msec_t                     connect_timeout;
     unsigned                       goaway:1;
+    unsigned                       wake_broken:1;
     unsigned                       listed:1;
     ngx_event_t                    wake_ev;
     unsigned                       wake:1;       /* signal the app */
@@ -1372,7 +1374,8 @@ ngx_http_shm_channel_get(ngx_http_shm_main_conf_t *smcf,
     ngx_memcpy(ch->name.data, pc->name->data, pc->name->len);
     ngx_memcpy(&ch->sockaddr, pc->sockaddr, pc->socklen);
     ch->socklen = pc->socklen;
-    ch->efd_app = -1;
+    ch->wake_app = -1;
+    ch->wake_app_rd = -1;
     ch->memfd = -1;
     ch->seg = MAP_FAILED;
     ch->serial = smcf->nchannels++;
@@ -1454,7 +1457,7 @@ failed:
 static ngx_int_t
 ngx_http_shm_channel_setup(ngx_http_shm_channel_t *ch)
 {
-    int                  efd;
+    int                  efd, pfd[2];
     uint32_t             i;
     ngx_connection_t    *c;
     ngxshm_seg_hdr_t    *hdr;
@@ -1530,12 +1533,21 @@ ngx_http_shm_channel_setup(ngx_http_shm_channel_t *ch)
 
     ch->nfree = ch->max_streams;
 
-    ch->efd_app = eventfd(0, EFD_CLOEXEC|EFD_NONBLOCK);
-    if (ch->efd_app == -1) {
+    /*
+     * the sidecar is woken through a pipe: its read end and our write end
+     * are two open files, so nothing the sidecar does to its end (clear
+     * O_NONBLOCK, stop reading) can make our write() block; an eventfd
+     * would share one open file, and its flags, with the sidecar
+     */
+
+    if (pipe2(pfd, O_CLOEXEC|O_NONBLOCK) == -1) {
         ngx_log_error(NGX_LOG_ERR, ch->log, ngx_errno,
-                      "eventfd() for sidecar %V failed", &ch->name);
+                      "pipe2() for sidecar %V failed", &ch->name);
         return NGX_ERROR;
     }
+
+    ch->wake_app_rd = pfd[0];
+    ch->wake_app = pfd[1];
 
     efd = eventfd(0, EFD_CLOEXEC|EFD_NONBLOCK);
     if (efd == -1) {
@@ -1570,6 +1582,9 @@ ngx_http_shm_channel_setup(ngx_http_shm_channel_t *ch)
 
     close(ch->memfd);
     ch->memfd = -1;
+
+    close(ch->wake_app_rd);
+    ch->wake_app_rd = -1;
 
     ch->state = NGX_HTTP_SHM_CH_HANDSHAKE;
 
@@ -1616,7 +1631,7 @@ ngx_http_shm_channel_hello(ngx_http_shm_channel_t *ch)
     hello.seg_size = ch->seg_size;
 
     fds[0] = ch->memfd;
-    fds[1] = ch->efd_app;
+    fds[1] = ch->wake_app_rd;
     fds[2] = ch->notify->fd;
 
     iov.iov_base = &hello;
@@ -1676,6 +1691,12 @@ ngx_http_shm_channel_read(ngx_event_t *rev)
 
     if (n == -1) {
         if (ngx_socket_errno == NGX_EAGAIN) {
+            if (ch->wake_broken) {
+                /* no EOF came with it: the sidecar closed just the pipe */
+                ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
+                                          "sidecar closed its wake-up pipe");
+            }
+
             return;
         }
 
@@ -2089,7 +2110,7 @@ ngx_http_shm_channel_signal(ngx_http_shm_channel_t *ch)
      * of requests instead of one each
      */
 
-    if (ch->wake && ch->efd_app != -1 && !ch->wake_ev.posted) {
+    if (ch->wake && ch->wake_app != -1 && !ch->wake_ev.posted) {
         ngx_post_event(&ch->wake_ev, &ngx_posted_events);
     }
 }
@@ -2098,23 +2119,41 @@ ngx_http_shm_channel_signal(ngx_http_shm_channel_t *ch)
 static void
 ngx_http_shm_channel_wake_app(ngx_event_t *ev)
 {
-    uint64_t                 one;
+    ngx_err_t                err;
     ngx_http_shm_channel_t  *ch;
 
     ch = ev->data;
 
-    if (!ch->wake || ch->efd_app == -1) {
+    if (!ch->wake || ch->wake_app == -1) {
         return;
     }
 
     ch->wake = 0;
-    one = 1;
 
-    if (write(ch->efd_app, &one, sizeof(uint64_t)) == -1
-        && ngx_errno != NGX_EAGAIN)
-    {
-        ngx_log_error(NGX_LOG_ALERT, ch->log, ngx_errno,
-                      "write() to eventfd of sidecar %V failed", &ch->name);
+    /* a full pipe is fine: the sidecar has wake-ups it has not read */
+
+    if (write(ch->wake_app, "", 1) == -1) {
+        err = ngx_errno;
+
+        if (err == NGX_EAGAIN || err == NGX_EINTR) {
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, ch->log, err,
+                      "write() to wake-up pipe of sidecar %V failed",
+                      &ch->name);
+
+        /*
+         * a sidecar that exits closes its socket too: let the socket's
+         * HELLO_ACK or EOF name the cause, and fail the channel for the
+         * pipe only if the socket has nothing to say
+         */
+
+        close(ch->wake_app);
+        ch->wake_app = -1;
+        ch->wake_broken = 1;
+
+        ngx_post_event(ch->conn->read, &ngx_posted_events);
     }
 }
 
@@ -2215,8 +2254,12 @@ ngx_http_shm_channel_close(ngx_http_shm_channel_t *ch)
         ch->notify = NULL;
     }
 
-    if (ch->efd_app != -1) {
-        close(ch->efd_app);
+    if (ch->wake_app != -1) {
+        close(ch->wake_app);
+    }
+
+    if (ch->wake_app_rd != -1) {
+        close(ch->wake_app_rd);
     }
 
     if (ch->memfd != -1) {

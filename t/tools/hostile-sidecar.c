@@ -13,9 +13,9 @@
  * ...), so that a test can tell whether nginx kept the channel or opened
  * a new one.
  *
- * Modes efd-block-read and efd-block-write go after the eventfds: each is
- * one open file shared with nginx, O_NONBLOCK included, so the sidecar
- * can make nginx's read() or write() on it block.
+ * Modes efd-block-read and efd-block-write go after the wake-up fds: the
+ * eventfd nginx is woken by is one open file shared with the sidecar,
+ * O_NONBLOCK included; the pipe nginx wakes the sidecar through is not.
  *
  * Usage:   hostile-sidecar MODE SOCKET_PATH
  *          hostile-sidecar -l             (lists the modes)
@@ -43,6 +43,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -62,7 +63,8 @@
 typedef struct {
     int                 fd;         /* the channel's socket */
     int                 memfd;
-    int                 efd_app;    /* nginx wakes us */
+    int                 efd_app;    /* nginx wakes us: a pipe's read end */
+    int                 no_wake;    /* never read efd_app, poll the ring */
     int                 efd_nginx;  /* we wake nginx */
     unsigned char      *seg;
     size_t              seg_size;
@@ -374,12 +376,16 @@ wait_events(evil_t *ev, int ms)
     uint64_t       count;
     struct pollfd  p[2];
 
-    p[0].fd = ev->efd_app;
+    p[0].fd = ev->no_wake ? -1 : ev->efd_app;
     p[0].events = POLLIN;
     p[0].revents = 0;
     p[1].fd = ev->fd;
     p[1].events = POLLIN;
     p[1].revents = 0;
+
+    if (ev->no_wake && (ms < 0 || ms > 1)) {
+        ms = 1;
+    }
 
     rc = poll(p, 2, ms);
 
@@ -624,6 +630,7 @@ put_response(evil_t *ev, uint32_t stream, uint32_t gen, uint16_t status,
 static int
 answer(evil_t *ev, uint32_t stream, uint32_t gen)
 {
+    int                  unread;
     char                 body[32];
     static evil_field_t  ct = { "Content-Type", "text/plain", 0 };
 
@@ -635,6 +642,13 @@ answer(evil_t *ev, uint32_t stream, uint32_t gen)
 
     publish(ev);
     say(ev, "served %u/%u", stream, gen);
+
+    if (ev->no_wake == 1 && ioctl(ev->efd_app, FIONREAD, &unread) == 0
+        && unread >= 4096)
+    {
+        say(ev, "efd-block-write: wake-up pipe full");
+        ev->no_wake = 2;
+    }
 
     return 0;
 }
@@ -1693,31 +1707,17 @@ run_flood(evil_t *ev, const evil_req_t *rq)
 
 
 /*
- * efd_app is one open file shared with nginx, O_NONBLOCK included: make
- * it blocking and fill its counter to the top, then say we sleep.  The
- * next write() nginx makes to wake us cannot add 1: it blocks
+ * nginx wakes us through a pipe: make our end blocking, the pipe as small
+ * as it gets, and never read it, while we say we sleep after every
+ * request: nginx's write end fills up and must not block
  */
 static evil_next_t
 run_efd_block_write(evil_t *ev, const evil_req_t *rq)
 {
-    int       fl;
-    uint64_t  v;
+    int  fl;
 
-    /* the counter to its top, while the file is still non-blocking */
-    for ( ;; ) {
-        if (read(ev->efd_app, &v, sizeof(v)) == -1 && errno != EAGAIN) {
-            die("read(efd_app): %s", strerror(errno));
-        }
-
-        v = 0xfffffffffffffffeULL;
-
-        if (write(ev->efd_app, &v, sizeof(v)) == (ssize_t) sizeof(v)) {
-            break;
-        }
-
-        if (errno != EAGAIN) {
-            die("write(efd_app): %s", strerror(errno));
-        }
+    if (fcntl(ev->efd_app, F_SETPIPE_SZ, 4096) == -1) {
+        die("fcntl(F_SETPIPE_SZ): %s", strerror(errno));
     }
 
     fl = fcntl(ev->efd_app, F_GETFL);
@@ -1725,16 +1725,15 @@ run_efd_block_write(evil_t *ev, const evil_req_t *rq)
         die("fcntl(efd_app): %s", strerror(errno));
     }
 
+    ev->no_wake = 1;
+
     if (answer(ev, rq->stream, rq->gen) != 0) {
         return EVIL_WAIT;
     }
 
-    ngxshm_store_relaxed(&ev->rx.ctrl->sleeping, 1);
-    ngxshm_full_fence();
+    say(ev, "efd-block-write: wake-up pipe blocking, 4 KiB, never read");
 
-    say(ev, "efd-block-write: efd_app blocking and full, ring 0 asleep");
-
-    return EVIL_WAIT;
+    return EVIL_SERVE;
 }
 
 
