@@ -16,6 +16,8 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_RCVBUF pack_sockaddr_in inet_aton);
 use Time::HiRes qw(time sleep);
 use ShmTest;
 
@@ -163,6 +165,18 @@ $locations        location /echo/ {
             shm_pass unix:%%TESTDIR%%/echo.sock;
         }
     }
+
+    # a small send buffer and no buffering: what the client does not
+    # read stays in the worker's stream
+    server {
+        listen 127.0.0.1:%%PORT_1%% sndbuf=4k;
+        server_name localhost;
+
+        location /tiny-frames/ {
+            shm_pass unix:%%TESTDIR%%/tiny-frames.sock;
+            shm_buffering off;
+        }
+    }
 }
 EOF
 
@@ -173,7 +187,7 @@ plan(skip_all => "no $evil") unless -x $evil;
 # the sanitizers' quarantine would otherwise count as growth
 $t->asan_options('quarantine_size_mb=16');
 
-$t->plan(5 * @modes + 37);
+$t->plan(5 * @modes + 39);
 
 $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run();
@@ -184,6 +198,62 @@ my $worker = $workers[0];
 
 # nginx's own eventfd (the epoll module's notifications), if any
 my $efd0 = neventfds($worker);
+
+# a window of body in 1-byte frames to a client that does not read: the
+# worker holds it all, in about the bytes it carries (first, before the
+# other modes leave freed heap behind for it to reuse) (a chunk per frame
+# would be 128 Ki allocations, several MiB)
+
+my $tiny = $t->run_sidecar($evil, 'tiny-frames',
+                           '%%TESTDIR%%/tiny-frames.sock');
+my $tiny_rss0 = rss_anon_kb($worker);
+my $ts = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
+setsockopt($ts, SOL_SOCKET, SO_RCVBUF, 4096) or die "SO_RCVBUF: $!";
+$ts->connect(pack_sockaddr_in(port(1), inet_aton('127.0.0.1')))
+    or die "connect: $!";
+print $ts "GET /tiny-frames/ HTTP/1.1\r\nHost: localhost\r\n"
+          . "Connection: close\r\n\r\n";
+
+my $tiny_done = 0;
+my $end_tiny = time() + 10;
+
+while (!$tiny_done && time() < $end_tiny) {
+    sleep(0.1);
+    open my $fh, '<', $tiny->{stdout} or last;
+    $tiny_done = grep { /tiny-frames: done/ } <$fh>;
+    close $fh;
+}
+
+my $grown = 0;
+
+for (1 .. 10) {
+    sleep(0.1);
+    my $g = rss_anon_kb($worker) - $tiny_rss0;
+    $grown = $g if $g > $grown;
+}
+
+ok($tiny_done && $grown < 1024,
+   "tiny-frames: worker grew $grown KiB holding them");
+
+my $raw = '';
+my $end_read = time() + 10;
+
+while (time() < $end_read) {
+    my $n = sysread($ts, my $buf, 65536);
+    last unless $n;
+    $raw .= $buf;
+}
+
+close $ts;
+
+my ($tst, undef, $tb) = parse_response($raw);
+ok($tst eq '200' && $tb =~ /^x+$/ && length($tb) >= 4096,
+   'tiny-frames: the body arrives whole (' . length($tb // '') . ' bytes)');
+
+# its channel goes with it: the counts of segments and fds below
+$t->kill_sidecar($tiny, 'TERM');
+$t->wait_sidecar($tiny);
+
 my $body = 'x' x 200000;
 my (%resp, %sidecar);
 
@@ -473,6 +543,17 @@ sub nsegments {
     close $fh;
 
     return $n;
+}
+
+
+sub rss_anon_kb {
+    my ($pid) = @_;
+
+    open my $fh, '<', "/proc/$pid/status" or return 0;
+    my ($kb) = map { /^RssAnon:\s+(\d+)/ ? $1 : () } <$fh>;
+    close $fh;
+
+    return $kb // 0;
 }
 
 

@@ -34,6 +34,7 @@
  * pages in, for every frame
  */
 #define NGX_HTTP_SHM_CHUNK_SMALL       2048
+#define NGX_HTTP_SHM_CHUNK_MIN_BODY    256     /* small body frames share */
 #define NGX_HTTP_SHM_CHUNK_CLASSES     32
 #define NGX_HTTP_SHM_CHUNK_CACHE       (4 * 1024 * 1024)
 
@@ -84,6 +85,7 @@ struct ngx_http_shm_chunk_s {
     ngx_http_shm_chunk_t          *next;
     uint32_t                       len;
     uint32_t                       pos;
+    uint32_t                       cap;          /* bytes data[] holds */
     unsigned                       body:1;
     unsigned                       cls:5;        /* 0: plain malloc() */
     u_char                         data[1];
@@ -1857,7 +1859,7 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
 {
     uint32_t                n;
     const char             *bad;
-    ngx_http_shm_chunk_t   *chunk;
+    ngx_http_shm_chunk_t   *chunk, *last;
     ngx_http_shm_stream_t  *s;
     ngxshm_head_t           head;
 
@@ -1901,12 +1903,36 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
         return NGX_OK;
     }
 
-    if (f->len && (f->type == NGXSHM_RESP_HEAD
-                   || f->type == NGXSHM_RESP_BODY))
+    last = NULL;
+
+    if (f->type == NGXSHM_RESP_BODY && s->in_last != &s->in) {
+        /*
+         * small body frames go into the room left in the last chunk: a
+         * flood of tiny frames costs about the bytes it carries, not a
+         * chunk each
+         */
+
+        last = (ngx_http_shm_chunk_t *)
+                   ((u_char *) s->in_last
+                    - offsetof(ngx_http_shm_chunk_t, next));
+
+        if (!last->body || f->len > last->cap - last->len) {
+            last = NULL;
+        }
+    }
+
+    if (f->len && last == NULL
+        && (f->type == NGXSHM_RESP_HEAD || f->type == NGXSHM_RESP_BODY))
     {
         /* copied once: everything below looks at our copy only */
 
-        chunk = ngx_http_shm_chunk_alloc(ch->smcf, f->len, ch->log);
+        n = f->len;
+
+        if (f->type == NGXSHM_RESP_BODY && n < NGX_HTTP_SHM_CHUNK_MIN_BODY) {
+            n = NGX_HTTP_SHM_CHUNK_MIN_BODY;
+        }
+
+        chunk = ngx_http_shm_chunk_alloc(ch->smcf, n, ch->log);
         if (chunk == NULL) {
             ngx_http_shm_stream_fail(s, 1, NULL);
             return NGX_OK;
@@ -2037,6 +2063,13 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
         }
 
         s->recv_window -= f->len;
+
+        if (last) {
+            ngx_memcpy(last->data + last->len, payload, f->len);
+            last->len += f->len;
+            s->in_bytes += f->len;
+        }
+
         break;
     }
 
@@ -2719,6 +2752,7 @@ ngx_http_shm_chunk_alloc(ngx_http_shm_main_conf_t *smcf, uint32_t len,
         }
 
         chunk->cls = 0;
+        chunk->cap = len;
         return chunk;
     }
 
@@ -2740,6 +2774,7 @@ ngx_http_shm_chunk_alloc(ngx_http_shm_main_conf_t *smcf, uint32_t len,
     }
 
     chunk->cls = cls;
+    chunk->cap = ((size_t) 1 << cls) - offsetof(ngx_http_shm_chunk_t, data);
 
     return chunk;
 }

@@ -1277,6 +1277,36 @@ run_body_over_credit(evil_t *ev, const evil_req_t *rq)
 }
 
 
+/* a window of body in 1-byte frames: legal, and nginx's memory for the
+ * stream must stay about the bytes, not a chunk per frame */
+static evil_next_t
+run_tiny_frames(evil_t *ev, const evil_req_t *rq)
+{
+    uint32_t  sent;
+
+    if (head_then(ev, rq, 0) != 0) {
+        return EVIL_WAIT;
+    }
+
+    for (sent = 0; sent < ev->hdr.window; sent++) {
+        if (put(ev, NGXSHM_RESP_BODY, 0, rq->stream, rq->gen, "x", 1) != 0) {
+            return EVIL_WAIT;
+        }
+    }
+
+    if (put(ev, NGXSHM_RESP_BODY, NGXSHM_F_END, rq->stream, rq->gen, NULL, 0)
+        != 0)
+    {
+        return EVIL_WAIT;
+    }
+
+    publish(ev);
+    say(ev, "tiny-frames: done, %u frames of 1 byte", sent);
+
+    return EVIL_SERVE;
+}
+
+
 static evil_next_t
 run_credit(evil_t *ev, const evil_req_t *rq, uint32_t n)
 {
@@ -1845,6 +1875,7 @@ static const evil_mode_t  modes[] = {
     { "bad-head-flags",     NULL,              run_bad_head_flags },
     { "bad-body-flags",     NULL,              run_bad_body_flags },
     { "body-over-credit",   NULL,              run_body_over_credit },
+    { "tiny-frames",        NULL,              run_tiny_frames },
     { "credit-overflow",    NULL,              run_credit_overflow },
     { "credit-zero",        NULL,              run_credit_zero },
     { "bad-credit-len",     NULL,              run_bad_credit_len },
