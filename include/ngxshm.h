@@ -75,6 +75,9 @@ typedef struct {
                                          0 means 1 MiB */
     unsigned           drain_ms;      /* graceful stop waits at most this
                                          for requests; 0 means 30000 */
+    unsigned           hello_ms;      /* a peer that connected must send
+                                         HELLO within this, or it is
+                                         closed; 0 means 10000 */
 } ngxshm_config_t;
 
 

@@ -40,6 +40,7 @@ static void *ngxshm_loop_thread(void *arg);
 static void ngxshm_loop_begin_stop(ngxshm_loop_t *loop);
 static void ngxshm_loop_check_drain(ngxshm_loop_t *loop);
 static void ngxshm_loop_settle(ngxshm_loop_t *loop);
+static int ngxshm_loop_hello_timeout(ngxshm_loop_t *loop, int timeout);
 static void ngxshm_loop_wake(ngxshm_loop_t *loop);
 static void ngxshm_loop_posts(ngxshm_loop_t *loop);
 static void ngxshm_loop_accept(ngxshm_loop_t *loop);
@@ -152,6 +153,10 @@ ngxshm_server_create(ngxshm_server_t **srvp, const ngxshm_config_t *cfg)
 
     if (srv->cfg.max_head > UINT32_MAX) {
         srv->cfg.max_head = UINT32_MAX;
+    }
+
+    if (srv->cfg.hello_ms == 0) {
+        srv->cfg.hello_ms = NGXSHM_DEFAULT_HELLO_MS;
     }
 
     if (srv->cfg.drain_ms == 0) {
@@ -591,6 +596,10 @@ ngxshm_loop_once(ngxshm_loop_t *loop, int timeout)
         }
     }
 
+    if (loop->nhello) {
+        timeout = ngxshm_loop_hello_timeout(loop, timeout);
+    }
+
     n = epoll_wait(loop->ep, evs, NGXSHM_EVENTS, timeout);
 
     if (n < 0) {
@@ -637,6 +646,46 @@ ngxshm_loop_once(ngxshm_loop_t *loop, int timeout)
     }
 
     return n;
+}
+
+
+/*
+ * close the peers that connected but sent no HELLO in time (they would
+ * keep a descriptor each for ever); the epoll timeout until the next
+ * such deadline
+ */
+static int
+ngxshm_loop_hello_timeout(ngxshm_loop_t *loop, int timeout)
+{
+    uint64_t        now;
+    ngxshm_link_t  *l, *next;
+    ngxshm_chan_t  *ch;
+
+    now = ngxshm_now_ms();
+
+    for (l = loop->chans.next; l != &loop->chans; l = next) {
+        next = l->next;
+        ch = ngxshm_link_data(l, ngxshm_chan_t, link);
+
+        if (ch->state != NGXSHM_CH_HELLO) {
+            continue;
+        }
+
+        if (now >= ch->hello_by) {
+            ngxshm_chan_fail(ch, "no HELLO in time");
+            continue;
+        }
+
+        if (timeout < 0 || (uint64_t) timeout > ch->hello_by - now) {
+            timeout = (int) (ch->hello_by - now);
+        }
+    }
+
+    if (!ngxshm_link_empty(&loop->dead)) {
+        ngxshm_loop_settle(loop);
+    }
+
+    return timeout;
 }
 
 
@@ -927,6 +976,9 @@ ngxshm_chan_new(ngxshm_loop_t *loop, int fd)
     ngxshm_link_add(&loop->chans, &ch->link);
     loop->nchans++;
 
+    ch->hello_by = ngxshm_now_ms() + loop->srv->cfg.hello_ms;
+    loop->nhello++;
+
     return ch;
 }
 
@@ -943,6 +995,10 @@ ngxshm_chan_fail(ngxshm_chan_t *ch, const char *reason)
     if (reason != NULL) {
         ngxshm_log("channel of nginx pid %d: %s, closing", (int) ch->pid,
                    reason);
+    }
+
+    if (ch->state == NGXSHM_CH_HELLO) {
+        ch->loop->nhello--;
     }
 
     ch->state = NGXSHM_CH_DEAD;
@@ -1255,6 +1311,7 @@ ngxshm_chan_attach(ngxshm_chan_t *ch, const ngxshm_msg_t *m, int *fds,
         return 0;
     }
 
+    ch->loop->nhello--;
     ch->state = NGXSHM_CH_OPEN;
 
     if (ch->loop->stopping) {

@@ -29,6 +29,7 @@
 
 #define NGXSHM_DEFAULT_MAX_HEAD   (1024 * 1024)
 #define NGXSHM_DEFAULT_DRAIN_MS   30000
+#define NGXSHM_DEFAULT_HELLO_MS   10000
 #define NGXSHM_DEFAULT_MODE       0600
 #define NGXSHM_BACKLOG            511
 
@@ -170,6 +171,7 @@ struct ngxshm_chan_s {
     ngxshm_io_t         sock_io;
     ngxshm_io_t         efd_io;
     pid_t               pid;          /* the peer, for logs */
+    uint64_t            hello_by;     /* ms: HELLO must come by then */
 
     unsigned char      *seg;
     size_t              seg_size;
@@ -218,6 +220,7 @@ struct ngxshm_loop_s {
     ngxshm_link_t       runq;
     ngxshm_link_t       reqs;
     unsigned            nchans;
+    unsigned            nhello;       /* channels waiting for HELLO */
     unsigned            napp;         /* requests the application holds */
     uint64_t            deadline;     /* ms, CLOCK_MONOTONIC */
 

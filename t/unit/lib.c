@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -1643,6 +1644,57 @@ test_listen(void)
 }
 
 
+static uint64_t
+now_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+/* a peer that connects and never sends HELLO is closed after hello_ms */
+static void
+test_silent_peer(void)
+{
+    int                 fd;
+    char                c;
+    ssize_t             n;
+    uint64_t            t0, el;
+    struct pollfd       pfd;
+    struct sockaddr_un  sa;
+
+    fd = socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", t_path);
+
+    if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
+        ok(0, "silent peer connects");
+        return;
+    }
+
+    t0 = now_ms();
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    n = -1;
+
+    if (poll(&pfd, 1, 5000) == 1) {
+        n = recv(fd, &c, 1, 0);
+    }
+
+    el = now_ms() - t0;
+
+    ok(n == 0 && el >= 250 && el < 3000,
+       "a peer silent for hello_ms (300 ms) is closed");
+
+    close(fd);
+}
+
+
 static void
 test_post(void)
 {
@@ -1805,9 +1857,10 @@ main(void)
     cfg.allow_gid = -1;
     cfg.max_head = 4096;
     cfg.drain_ms = 3000;
+    cfg.hello_ms = 300;
     cfg.threads = 2;
 
-    printf("1..78\n");
+    printf("1..79\n");
 
     ok(ngxshm_server_create(&t_srv, &cfg) == 0, "server created");
     ok(ngxshm_server_listen(t_srv, t_path) == 0, "listening");
@@ -1817,6 +1870,7 @@ main(void)
     }
 
     test_listen();
+    test_silent_peer();
     test_oneshot();
     test_stream(0, 65536, 4096, 8192, 100000);
     test_stream(0, 4096, 1024, 1, 5000);
