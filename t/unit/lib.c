@@ -885,8 +885,9 @@ app_handler(ngxshm_request_t *r, void *arg)
         len += snprintf(body + len, sizeof(body) - len, "%s|",
                         v.data ? v.data : "(null)");
         rc = ngxshm_request_header_at(r, 1, &n, &v);
-        len += snprintf(body + len, sizeof(body) - len, "%d:%s=%s|%d", rc,
-                        n.data, v.data,
+        len += snprintf(body + len, sizeof(body) - len, "%d:%s=%s|", rc,
+                        rc == 0 ? n.data : "", rc == 0 ? v.data : "");
+        len += snprintf(body + len, sizeof(body) - len, "%d",
                         ngxshm_request_header_at(r, 9, &n, &v));
         ngxshm_respond(r, 200, NULL, 0, body, len);
 
