@@ -908,8 +908,9 @@ ngxshm_loop_accept(ngxshm_loop_t *loop)
 static int
 ngxshm_peer_allowed(ngxshm_server_t *srv, int fd)
 {
-    struct ucred  cr;
     socklen_t     len;
+    struct ucred  cr;
+    ngxshm_msg_t  ack;
 
     len = sizeof(cr);
 
@@ -926,6 +927,20 @@ ngxshm_peer_allowed(ngxshm_server_t *srv, int fd)
 
     ngxshm_log("refused peer pid %d uid %u gid %u: not allowed",
                (int) cr.pid, (unsigned) cr.uid, (unsigned) cr.gid);
+
+    /* tell nginx why before the socket closes: its log names the cause */
+
+    memset(&ack, 0, sizeof(ack));
+    ack.magic = NGXSHM_MAGIC;
+    ack.version = NGXSHM_VERSION;
+    ack.type = NGXSHM_MSG_HELLO_ACK;
+    ack.size = sizeof(ack);
+    ack.status = EACCES;
+    ack.pid = (uint32_t) getpid();
+
+    if (send(fd, &ack, sizeof(ack), MSG_NOSIGNAL|MSG_DONTWAIT) < 0) {
+        /* the peer is gone: nothing to tell */
+    }
 
     return 0;
 }

@@ -1613,6 +1613,7 @@ static ngx_int_t
 ngx_http_shm_channel_hello(ngx_http_shm_channel_t *ch)
 {
     ssize_t          n;
+    ngx_err_t        err;
     struct iovec     iov;
     struct msghdr    msg;
     struct cmsghdr  *cmsg;
@@ -1654,13 +1655,41 @@ ngx_http_shm_channel_hello(ngx_http_shm_channel_t *ch)
 
     n = sendmsg(ch->conn->fd, &msg, MSG_NOSIGNAL);
 
-    if (n != (ssize_t) sizeof(ngxshm_msg_t)) {
-        ngx_log_error(NGX_LOG_ERR, ch->log, n == -1 ? ngx_errno : 0,
-                      "sending hello to sidecar %V failed", &ch->name);
+    if (n == (ssize_t) sizeof(ngxshm_msg_t)) {
+        return NGX_OK;
+    }
+
+    err = (n == -1) ? ngx_errno : 0;
+
+    if (err == NGX_EPIPE || err == NGX_ECONNRESET) {
+
+        /* the sidecar closed at once: a refusal may wait in the socket */
+
+        n = recv(ch->conn->fd, (char *) &hello, sizeof(ngxshm_msg_t),
+                 MSG_DONTWAIT);
+
+        if (n == (ssize_t) sizeof(ngxshm_msg_t)
+            && hello.magic == NGXSHM_MAGIC
+            && hello.type == NGXSHM_MSG_HELLO_ACK
+            && hello.size == sizeof(ngxshm_msg_t)
+            && hello.status > 0)
+        {
+            ngx_log_error(NGX_LOG_ERR, ch->log, (ngx_err_t) hello.status,
+                          "sidecar %V refused the channel (version %uD)",
+                          &ch->name, hello.version);
+            return NGX_ERROR;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ch->log, err,
+                      "sidecar %V closed the channel during the handshake",
+                      &ch->name);
         return NGX_ERROR;
     }
 
-    return NGX_OK;
+    ngx_log_error(NGX_LOG_ERR, ch->log, err,
+                  "sending hello to sidecar %V failed", &ch->name);
+
+    return NGX_ERROR;
 }
 
 
