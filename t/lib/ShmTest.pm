@@ -35,8 +35,9 @@ package ShmTest;
 #   new()                      temp dir; skip_all only if nginx or the .so
 #                              is missing
 #   write_config($text)        %%TESTDIR%%, %%PORT_n%%, %%BUILD%%; adds
-#                              load_module, pid, error_log, user, and temp
-#                              paths and access_log inside http {}
+#                              load_module, pid, error_log, user (root,
+#                              when run as root, unless $text has "user"),
+#                              and temp paths and access_log inside http {}
 #   plan($n)                   $n + 1 tests: the last is "no alerts"
 #   run(), stop(), reload([$text]), worker_pids(), nginx_pid()
 #   run_sidecar($prog, @args [, {socket => $path, env => {...},
@@ -237,8 +238,9 @@ sub write_config {
         . "error_log $d/error.log $level;\n";
 
     # as root, nginx would drop its workers to "nobody", who cannot reach
-    # sockets in the test directory nor talk to a sidecar running as root
-    $main .= "user root;\n" if $> == 0;
+    # sockets in the test directory nor talk to a sidecar running as root;
+    # a configuration with its own "user" directive keeps it
+    $main .= "user root;\n" if $> == 0 && $text !~ /^\s*user\s/m;
 
     my $http = "\n"
         . "    access_log $d/access.log;\n"
