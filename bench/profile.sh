@@ -37,7 +37,9 @@
 #                            byte (1 = leave glibc's choice)
 #   PHASES="callgrind strace"
 #   LIMIT=900                give up (and clean up) after this many seconds
-#   PORT_BASE=38570          contenders on PORT_BASE+1 ... +4, status +9
+#   PORT_BASE=28570          contenders on PORT_BASE+1 ... +4, status +9
+#                            (below the ephemeral range 32768-60999, where
+#                            a client's TIME_WAIT can make bind() fail)
 #   OUT=profile              bench/results/OUT.md and OUT.csv
 #   NGINX=/usr/sbin/nginx
 #
@@ -67,7 +69,7 @@ ST_DURATION=${ST_DURATION:-3}
 WARM=${WARM:-1}
 PHASES=${PHASES:-callgrind strace}
 LIMIT=${LIMIT:-900}
-PORT_BASE=${PORT_BASE:-38570}
+PORT_BASE=${PORT_BASE:-28570}
 OUT=${OUT:-profile}
 NGINX=${NGINX:-/usr/sbin/nginx}
 
@@ -270,10 +272,14 @@ for w in $WORKLOADS; do
     workload_of "$w" > /dev/null || die "unknown workload \"$w\""
 done
 
+# bind as nginx does (SO_REUSEADDR): a listener or a connection on the
+# port makes nginx's bind() fail
 for p in return shm proxy fastcgi uwsgi status; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$(port_of $p)") 2>/dev/null; then
+    perl -MIO::Socket::INET -e '
+        IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $ARGV[0],
+                              Proto => "tcp", ReuseAddr => 1, Listen => 1)
+            or exit 1' "$(port_of $p)" ||
         die "127.0.0.1:$(port_of $p) is in use (set PORT_BASE)"
-    fi
 done
 
 
@@ -351,8 +357,15 @@ sock_up() {
     [ -S "$1" ]
 }
 
+# the front answers on every port (a front that could not bind them all
+# exits: then stop waiting)
 front_up() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$(port_of status)") 2>/dev/null
+    local p
+
+    alive "$PID_front" || return 0
+    for p in return shm proxy fastcgi status; do
+        (exec 3<>"/dev/tcp/127.0.0.1/$(port_of $p)") 2>/dev/null || return 1
+    done
 }
 
 # the callgrind command line for NAME: instrumentation off until a
@@ -406,7 +419,7 @@ start_all() {
     start front "$R/front/stderr.log" $vf "$NGINX" -p "$R/front/" \
         -c "$R/front/nginx.conf" -e "$R/front/error.log" \
         -g "daemon off; $fg"
-    wait_for $wait front_up ||
+    wait_for $wait front_up && alive "$PID_front" ||
         die "the front nginx did not start: $(tail -3 "$R/front/error.log")"
 
     if [ -n "$fg" ]; then
