@@ -7,9 +7,11 @@ cmds="nginx gcc make prove curl wrk"
 
 # bench: wrk, the FastCGI contender (libfcgi, spawn-fcgi), the plot, and
 # the uwsgi contender (uwsgi-core with its symcall plugin, and the headers
-# that uwsgi.h includes, to build the C handler against "uwsgi --dot-h")
+# that uwsgi.h includes, to build the C handler against "uwsgi --dot-h");
+# valgrind and strace for bench/profile.sh
 [ "$1" = bench ] && pkgs="$pkgs libfcgi-dev spawn-fcgi gnuplot-nox \
-    uwsgi-core libcap-dev libpcre3-dev libssl-dev uuid-dev zlib1g-dev"
+    valgrind strace uwsgi-core libcap-dev libpcre3-dev libssl-dev uuid-dev \
+    zlib1g-dev"
 
 missing=""
 for p in $pkgs; do
