@@ -10,10 +10,12 @@
  *
  * Build:   make examples          (build/examples/ngxshm-echo), or
  *          cc -o ngxshm-echo echo.c -lngxshm -lpthread
- * Run:     ngxshm-echo [-t THREADS] [-m MODE] [-u UID] [-g GID] SOCKET
+ * Run:     ngxshm-echo [-l] [-t THREADS] [-m MODE] [-u UID] [-g GID] SOCKET
  *          -t  loop threads (default 1), -m  socket mode in octal (0600),
  *          -u  peer uid allowed besides root (default: our euid),
- *          -g  peer gid allowed too.  SIGTERM or SIGINT stops gracefully.
+ *          -g  peer gid allowed too, -l  log "start METHOD URI" when the
+ *          handler is called and "cancel METHOD URI" when nginx gives a
+ *          request up, to stderr.  SIGTERM or SIGINT stops gracefully.
  *
  * The response: status 200 and the request body, byte for byte, with
  *   X-Echo-Method: the method
@@ -29,6 +31,10 @@
  *                         Content-Length, streamed within the credit
  *   X-Echo-Chunks: N      with X-Echo-Size: write in pieces of
  *                         ceil(BYTES / N) bytes (at most 64 KiB each)
+ *   X-Echo-Pace-Ms: N     wait N ms after each piece of the response body
+ *                         (a piece of X-Echo-Size, or one read of the
+ *                         request body of up to 64 KiB): a slow handler,
+ *                         that produces slowly and reads the body slowly
  *   X-Echo-Headers: 1     instead of the body, answer a text dump:
  *                           "NAME: VALUE\n" for each request header,
  *                           in order;
@@ -77,6 +83,7 @@ struct echo_s {
     echo_t            *next;
     echo_t            *tnext;         /* timer list */
     uint64_t           due;           /* ms, CLOCK_MONOTONIC */
+    uint64_t           pace;          /* ms after each body piece */
 
     int                mode;
     unsigned           status;
@@ -103,6 +110,7 @@ static void echo_timer_fired(ngxshm_request_t *r, void *arg);
 static void echo_start(echo_t *e);
 static void echo_pump(echo_t *e);
 static void echo_done(echo_t *e, int ok);
+static void echo_log(echo_t *e, const char *what);
 static char *echo_dump(ngxshm_request_t *r, size_t *len);
 static int echo_number(ngxshm_str_t s, uint64_t max, uint64_t *n);
 static void *timer_thread(void *arg);
@@ -118,6 +126,8 @@ static pthread_mutex_t   timer_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t    timer_cv;
 static echo_t           *timers;
 static int               timer_quit;
+
+static int               log_requests;
 
 
 static uint64_t
@@ -190,6 +200,13 @@ echo_handler(ngxshm_request_t *r, void *arg)
         e->mode = ECHO_DUMP;
     }
 
+    v = ngxshm_request_header(r, "X-Echo-Pace-Ms");
+    if (v.data != NULL && echo_number(v, 3600000, &n) == 0) {
+        e->pace = n;
+    }
+
+    echo_log(e, "start");
+
     ngxshm_request_set_callback(r, echo_event, e);
 
     v = ngxshm_request_header(r, "X-Echo-Delay-Ms");
@@ -213,6 +230,8 @@ echo_event(ngxshm_request_t *r, unsigned events, void *arg)
     e = arg;
 
     if (events & NGXSHM_EV_CANCEL) {
+        echo_log(e, "cancel");
+
         if (e->timer) {
             /* the timer's post completes it: r must live until then */
             e->cancelled = 1;
@@ -223,7 +242,7 @@ echo_event(ngxshm_request_t *r, unsigned events, void *arg)
         return;
     }
 
-    if (e->started) {
+    if (e->started && !e->timer) {
         echo_pump(e);
     }
 }
@@ -241,6 +260,11 @@ echo_timer_fired(ngxshm_request_t *r, void *arg)
 
     if (e->cancelled) {
         echo_done(e, 0);
+        return;
+    }
+
+    if (e->started) {
+        echo_pump(e);
         return;
     }
 
@@ -337,6 +361,15 @@ echo_pump(echo_t *e)
             }
 
             e->out_off += rc;
+
+            if (e->out_off == e->out_len && e->pace > 0) {
+                e->out_len = 0;
+                e->out_off = 0;
+                e->timer = 1;
+                timer_add(e, e->pace);
+                return;
+            }
+
             continue;
         }
 
@@ -421,6 +454,24 @@ echo_done(echo_t *e, int ok)
 
     free(e->dump);
     free(e);
+}
+
+
+static void
+echo_log(echo_t *e, const char *what)
+{
+    ngxshm_str_t  m, u;
+
+    if (!log_requests) {
+        return;
+    }
+
+    m = ngxshm_request_field(e->r, NGXSHM_FIELD_METHOD);
+    u = ngxshm_request_field(e->r, NGXSHM_FIELD_URI);
+
+    /* one line in one write: the tests read it while we run */
+    fprintf(stderr, "ngxshm-echo: %s %.*s %.*s\n", what, (int) m.len, m.data,
+            (int) u.len, u.data);
 }
 
 
@@ -615,8 +666,8 @@ timer_thread(void *arg)
 static void
 usage(void)
 {
-    fprintf(stderr, "usage: ngxshm-echo [-t THREADS] [-m MODE] [-u UID] "
-                    "[-g GID] SOCKET\n");
+    fprintf(stderr, "usage: ngxshm-echo [-l] [-t THREADS] [-m MODE] "
+                    "[-u UID] [-g GID] SOCKET\n");
     exit(2);
 }
 
@@ -638,8 +689,11 @@ main(int argc, char **argv)
     cfg.allow_uid = -1;
     cfg.allow_gid = -1;
 
-    while ((c = getopt(argc, argv, "t:m:u:g:")) != -1) {
+    while ((c = getopt(argc, argv, "lt:m:u:g:")) != -1) {
         switch (c) {
+        case 'l':
+            log_requests = 1;
+            break;
         case 't':
             cfg.threads = (unsigned) strtoul(optarg, NULL, 10);
             break;
