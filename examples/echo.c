@@ -14,8 +14,9 @@
  *          -t  loop threads (default 1), -m  socket mode in octal (0600),
  *          -u  peer uid allowed besides root (default: our euid),
  *          -g  peer gid allowed too, -l  log "start METHOD URI" when the
- *          handler is called and "cancel METHOD URI" when nginx gives a
- *          request up, to stderr.  SIGTERM or SIGINT stops gracefully.
+ *          handler is called, "answer METHOD URI" when the response head
+ *          is sent and "cancel METHOD URI" when nginx gives a request
+ *          up, to stderr.  SIGTERM or SIGINT stops gracefully.
  *
  * The response: status 200 and the request body, byte for byte, with
  *   X-Echo-Method: the method
@@ -334,6 +335,8 @@ echo_start(echo_t *e)
         echo_done(e, 0);
         return;
     }
+
+    echo_log(e, "answer");
 
     e->started = 1;
     echo_pump(e);
