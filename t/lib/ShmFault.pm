@@ -17,6 +17,8 @@ package ShmFault;
 #   stream_start(...)    send a request, read until the head and
 #                        $min body bytes arrived; stream_finish() reads
 #                        on until EOF
+#   burst($port, $n, $conc, $prefix)   $n echoed POSTs, $conc at a time;
+#                        the number answered 200 with their own body
 #   wrk(...)             run wrk, bounded; its figures as a hash
 
 use strict;
@@ -29,7 +31,7 @@ use Time::HiRes qw(sleep time);
 use ShmTest;
 
 our @EXPORT = qw(fds segments memfd_holders sysv_segments wait_until
-    stream_start stream_finish wrk echo_lines worker_rss);
+    stream_start stream_finish wrk echo_lines worker_rss burst);
 
 my $MEMFD = qr{/memfd:ngx_http_shm(?: \(deleted\))?$};
 
@@ -247,6 +249,46 @@ sub stream_finish {
     close $s;
 
     return $st;
+}
+
+
+# $n POSTs to the echo, $conc at a time, bodies of 0 to 2 MiB; returns
+# the number answered 200 with their own body, and the failures
+sub burst {
+    my ($port, $n, $conc, $prefix) = @_;
+
+    my ($ok, @bad) = (0);
+    my $i = 0;
+
+    while ($i < $n) {
+        my @s;
+
+        for (1 .. $conc) {
+            last if $i >= $n;
+
+            my $len = $i % 50 == 7 ? 2 * 1024 * 1024 : ($i % 7) * 37 * 1024;
+            my $body = substr(sprintf('%06d', $i) x ($len / 6 + 1), 0, $len);
+            my $r = "POST $prefix/$i HTTP/1.1\r\nHost: localhost\r\n"
+                . "Connection: close\r\nContent-Length: $len\r\n\r\n$body";
+
+            push @s, [$i, $body, ShmTest::http($port, $r, start => 1)];
+            $i++;
+        }
+
+        for (@s) {
+            my ($k, $body, $s) = @$_;
+            my ($st, undef, $b) = parse_response(ShmTest::http_end($s));
+
+            if (defined $st && $st == 200 && $b eq $body) {
+                $ok++;
+
+            } else {
+                push @bad, "$k: " . ($st // 'none') . ' ' . length($b);
+            }
+        }
+    }
+
+    return ($ok, @bad);
 }
 
 
