@@ -76,9 +76,10 @@ sub segments {
 
     my %ino;
 
-    while (<$fh>) {
-        chomp;
-        my @f = split ' ', $_, 6;
+    # not $_: callers map over their pids
+    while (my $l = <$fh>) {
+        chomp $l;
+        my @f = split ' ', $l, 6;
         next unless @f == 6 && $f[5] =~ $MEMFD;
         $ino{$f[4]} = 1;
     }
@@ -139,8 +140,8 @@ sub sysv_segments {
     open my $fh, '<', '/proc/sysvipc/shm' or return ();
     <$fh>;
 
-    while (<$fh>) {
-        my @f = split ' ';
+    while (my $l = <$fh>) {
+        my @f = split ' ', $l;
         push @ids, $f[1] if @f > 5 && $p{$f[4]};
     }
 
