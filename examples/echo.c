@@ -15,8 +15,9 @@
  *          -u  peer uid allowed besides root (default: our euid),
  *          -g  peer gid allowed too, -l  log "start METHOD URI" when the
  *          handler is called, "answer METHOD URI" when the response head
- *          is sent and "cancel METHOD URI" when nginx gives a request
- *          up, to stderr.  SIGTERM or SIGINT stops gracefully.
+ *          is sent and "cancel METHOD URI" when it learns that nginx
+ *          gave a request up (an event or -ECANCELED), to stderr.
+ *          SIGTERM or SIGINT stops gracefully.
  *
  * The response: status 200 and the request body, byte for byte, with
  *   X-Echo-Method: the method
@@ -332,6 +333,10 @@ echo_start(echo_t *e)
 
     rc = ngxshm_response_start(e->r, e->status, h, n);
     if (rc != 0) {
+        if (rc == -ECANCELED) {
+            echo_log(e, "cancel");
+        }
+
         echo_done(e, 0);
         return;
     }
@@ -359,6 +364,10 @@ echo_pump(echo_t *e)
             }
 
             if (rc < 0) {
+                if (rc == -ECANCELED) {
+                    echo_log(e, "cancel");
+                }
+
                 echo_done(e, 0);
                 return;
             }
@@ -390,6 +399,10 @@ echo_pump(echo_t *e)
             }
 
             if (rc < 0) {
+                if (rc == -ECANCELED) {
+                    echo_log(e, "cancel");
+                }
+
                 echo_done(e, 0);
                 return;
             }
