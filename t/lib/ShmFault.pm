@@ -19,6 +19,8 @@ package ShmFault;
 #                        on until EOF
 #   burst($port, $n, $conc, $prefix)   $n echoed POSTs, $conc at a time;
 #                        the number answered 200 with their own body
+#   clients(...)         many connections at once in one select loop,
+#                        some reading at a set rate; see below
 #   wrk(...)             run wrk, bounded; its figures as a hash
 
 use strict;
@@ -31,7 +33,7 @@ use Time::HiRes qw(sleep time);
 use ShmTest;
 
 our @EXPORT = qw(fds segments memfd_holders sysv_segments wait_until
-    stream_start stream_finish wrk echo_lines worker_rss burst);
+    stream_start stream_finish wrk echo_lines worker_rss burst clients);
 
 my $MEMFD = qr{/memfd:ngx_http_shm(?: \(deleted\))?$};
 
@@ -290,6 +292,103 @@ sub burst {
     }
 
     return ($ok, @bad);
+}
+
+
+# clients(clients => [ { req => RAW, rate => bytes/s (optional) }, ...],
+#         every => [ $seconds, sub { return a new client or undef } ],
+#         tick => sub { ... }, timeout => s)
+# Runs all the clients at once until each has its response (to the end
+# of the connection: send "Connection: close") or the timeout; "every"
+# adds clients as it goes, "tick" runs every 0.1 s.  Each client gets
+# raw => the response, t => seconds from its start to its end, done.
+sub clients {
+    my (%o) = @_;
+
+    my @c = @{$o{clients}};
+    my $end = time() + ($o{timeout} || 30);
+    my $next = $o{every} ? time() + $o{every}[0] : undef;
+    my $tick = time();
+    my $last = time();
+
+    my $open = sub {
+        my ($c) = @_;
+
+        $c->{s} = ShmTest::http($c->{port}, '', start => 1);
+        $c->{out} = $c->{req};
+        $c->{raw} = '';
+        $c->{t0} = time();
+        $c->{tokens} = 0;
+    };
+
+    $open->($_) for @c;
+
+    while (time() < $end) {
+        my $now = time();
+        my $dt = $now - $last;
+        $last = $now;
+
+        if ($next && $now >= $next) {
+            my $n = $o{every}[1]->();
+
+            if ($n) {
+                $open->($n);
+                push @c, $n;
+            }
+
+            $next = $now + $o{every}[0];
+        }
+
+        if ($o{tick} && $now >= $tick) {
+            $o{tick}->();
+            $tick = $now + 0.1;
+        }
+
+        my @live = grep { !$_->{done} } @c;
+        last if !@live && !$next;
+
+        my $r = IO::Select->new();
+        my $w = IO::Select->new();
+
+        for my $c (@live) {
+            $c->{tokens} += $c->{rate} * $dt if $c->{rate};
+            $w->add($c->{s}) if length $c->{out};
+            $r->add($c->{s}) if !$c->{rate} || $c->{tokens} >= 4096;
+        }
+
+        my ($rr, $ww) = IO::Select->select($r, $w, undef, 0.01);
+
+        for my $c (@live) {
+            my $s = $c->{s};
+
+            if ($ww && grep { $_ == $s } @$ww) {
+                my $n = syswrite($s, $c->{out}, 65536);
+                substr($c->{out}, 0, $n, '') if $n;
+            }
+
+            next unless $rr && grep { $_ == $s } @$rr;
+
+            my $max = $c->{rate} ? int($c->{tokens}) : 262144;
+            $max = 65536 if $max > 65536;
+
+            my $n = sysread($s, $c->{raw}, $max, length $c->{raw});
+
+            if (defined $n && $n > 0) {
+                $c->{tokens} -= $n if $c->{rate};
+
+            } elsif (defined $n
+                     || ($! != EAGAIN && $! != EWOULDBLOCK && $! != EINTR))
+            {
+                $c->{done} = 1;
+                $c->{t} = time() - $c->{t0};
+                close $s;
+            }
+        }
+
+        $next = undef if $next && $o{until} && time() >= $o{until};
+    }
+
+    return \@c;
 }
 
 
