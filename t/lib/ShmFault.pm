@@ -22,6 +22,9 @@ package ShmFault;
 #   clients(...)         many connections at once in one select loop,
 #                        some reading at a set rate; see below
 #   wrk(...)             run wrk, bounded; its figures as a hash
+#   wrk_start(file => PATH, ...), wrk_wait($h)   the same in a child
+#                        process, to do something meanwhile; the figures
+#                        and end => the time wrk ended
 
 use strict;
 use warnings;
@@ -29,11 +32,13 @@ use warnings;
 use Exporter qw(import);
 use Errno qw(EAGAIN EINTR EWOULDBLOCK);
 use IO::Select;
+use POSIX ();
 use Time::HiRes qw(sleep time);
 use ShmTest;
 
 our @EXPORT = qw(fds segments memfd_holders sysv_segments wait_until
-    stream_start stream_finish wrk echo_lines worker_rss burst clients);
+    stream_start stream_finish wrk wrk_start wrk_wait echo_lines worker_rss
+    burst clients);
 
 my $MEMFD = qr{/memfd:ngx_http_shm(?: \(deleted\))?$};
 
@@ -440,6 +445,48 @@ sub wrk {
     if ($out =~ /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/) {
         @r{qw(connect read write timeout)} = ($1, $2, $3, $4);
     }
+
+    return \%r;
+}
+
+
+
+sub wrk_start {
+    my (%o) = @_;
+
+    my $pid = fork() // die "fork: $!\n";
+
+    if ($pid == 0) {
+        my $r = wrk(%o);
+        $r->{end} = time();
+
+        if (open my $fh, '>', $o{file}) {
+            print $fh map { "$_=" . ($r->{$_} // '') . "\n" }
+                          qw(requests non2xx connect read write timeout end);
+            print $fh "\n", $r->{out};
+            close $fh;
+        }
+
+        POSIX::_exit(0);
+    }
+
+    return { pid => $pid, file => $o{file} };
+}
+
+
+sub wrk_wait {
+    my ($h) = @_;
+
+    waitpid($h->{pid}, 0);
+
+    open my $fh, '<', $h->{file} or return {};
+    local $/;
+    my $text = <$fh>;
+    close $fh;
+
+    my ($vars, $out) = split /\n\n/, $text, 2;
+    my %r = $vars =~ /^(\w+)=([\d.]*)$/mg;
+    $r{out} = $out;
 
     return \%r;
 }
