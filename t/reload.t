@@ -64,7 +64,7 @@ EOF
 
 my $t = ShmTest->new()->write_config($CONF);
 
-$t->plan(17);
+$t->plan(18);
 
 my $echo = $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run();
@@ -144,6 +144,10 @@ my %old = map { $_ => 1 } @olds;
 
 ok(wait_until(sub { !grep { $old{$_} } $t->worker_pids(1) }, 20),
    'the old workers exited');
+
+my $closed = () = $t->read_log() =~ /worker exits, channel closed$/mg;
+is($closed, scalar @oldseg,
+   'each old worker closed its channel, with no stream left, as it exited');
 
 my @live = $t->worker_pids();
 my @wseg = sort { $a <=> $b } map { segments($_) } @live;

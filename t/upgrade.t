@@ -51,7 +51,7 @@ http {
 }
 EOF2
 
-$t->plan(17);
+$t->plan(18);
 
 my $echo = $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run();
@@ -117,6 +117,10 @@ my @not200 = grep {
 
 is(join("\n", @not200), '', 'nginx answered nothing but 200');
 unlike($t->read_log(), qr/\[error\]/, 'no [error] in the log');
+
+my $closed = () = $t->read_log() =~ /worker exits, channel closed$/mg;
+is($closed, scalar @oldseg,
+   'each old worker closed its channel, with no stream left, as it exited');
 
 my @live = $t->worker_pids();
 my @wseg = sort { $a <=> $b } map { segments($_) } @live;
