@@ -44,7 +44,7 @@ $t->asan_options('quarantine_size_mb=16');
 
 my $CYCLES = 5;
 
-$t->plan(14 + 5 * $CYCLES);
+$t->plan(19 + 5 * $CYCLES);
 
 my $sock = $t->testdir() . '/echo.sock';
 my $echo = $t->run_sidecar('ngxshm-echo', '-l', $sock);
@@ -133,6 +133,41 @@ my $told = echo_lines($t, $echo, 'cancel', qr{^GET /a/});
 note("due during the freeze: $late of " . 3 * $CYCLES . ' answered late, '
      . "$told told first");
 is($late + $told, 3 * $CYCLES, 'due during the freeze: told or answered');
+
+# a freeze with the request ring full: 40 uploads of 200 KiB, more than
+# the ring holds; they end with 504 (send timeout), and their CANCELs
+# wait for room in the ring until the sidecar wakes up
+
+{
+    $t->mark_log();
+    $t->kill_sidecar($echo, 'STOP');
+    my $frozen = time();
+
+    my $up = 'f' x (200 * 1024);
+    my @s = map {
+        http($p, "POST /full/$_ HTTP/1.1\r\nHost: localhost\r\n"
+                 . "Connection: close\r\nContent-Length: " . length($up)
+                 . "\r\n\r\n$up", start => 1);
+    } 1 .. 40;
+
+    my @st = map { (parse_response(http_end($_, timeout => 10)))[0] // 'none' }
+             @s;
+
+    sleep($frozen + 3 - time()) if time() < $frozen + 3;
+    $t->kill_sidecar($echo, 'CONT');
+
+    is(join(' ', grep { $_ ne '504' } @st), '', 'full ring: all 40 get 504');
+    like($t->read_log(), qr/timed out .* while sending request to upstream/,
+         'full ring: the uploads timed out waiting for room');
+
+    ($st, $h, $body) = parse_response(http_post($p, '/full/next', 'next'));
+    is("$st $body", '200 next', 'full ring: next request served');
+    is(join(' ', segments($worker)), "@seg0", 'full ring: same channel');
+    my $started = echo_lines($t, $echo, 'start', qr{/full/\d});
+    ok(wait_until(sub {
+           echo_lines($t, $echo, 'cancel', qr{/full/\d}) == $started }, 5),
+       "full ring: the handler was told of each upload it got ($started)");
+}
 
 # nothing lost: some hundreds of requests, bodies up to 2 MiB
 

@@ -49,7 +49,7 @@ EOF
 
 $t->asan_options('quarantine_size_mb=16');
 
-$t->plan(10);
+$t->plan(11);
 
 my $echo = $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run();
@@ -148,7 +148,16 @@ is(join(' ', @{$bad{produce} || []}), '', 'slow producers: whole bodies');
 is(join(' ', @{$bad{read} || []}), '', 'slow readers: whole bodies');
 is(join(' ', @{$bad{short} || []}), '', 'short requests: all answered');
 cmp_ok($count{short}, '>=', 40, 'short requests: kept coming');
-cmp_ok($max{short}, '<', 1, 'short requests: each within 1 s');
+# a short request stuck behind the slow ones would wait seconds (a slow
+# stream lasts 3 to 10 s); on a loaded machine a few may take a while
+my @short = sort { $a <=> $b } map { $_->{t} // 999 }
+            grep { $_->{kind} eq 'short' } @$all;
+my $p90 = $short[int(0.9 * $#short)];
+
+note(sprintf('short requests: median %.3f s, 90%% %.3f s, max %.3f s',
+             $short[$#short / 2], $p90, $short[-1]));
+cmp_ok($p90, '<', 0.5, 'short requests: 90% within 0.5 s');
+cmp_ok($short[-1], '<', 2.5, 'short requests: each within 2.5 s');
 
 # bounded: one window (256 KiB) per stream and nginx's buffers, not the
 # 350 MiB that went through; ASan's quarantine may add 16 MiB
