@@ -40,6 +40,8 @@ package ShmTest;
 #                              and temp paths and access_log inside http {}
 #   plan($n)                   $n + 1 tests: the last is "no alerts"
 #   run(), stop(), reload([$text]), worker_pids(), nginx_pid()
+#   daemon()                   "daemon on" (before write_config)
+#   upgrade([pause => s])      binary upgrade: USR2, WINCH, QUIT
 #   run_sidecar($prog, @args [, {socket => $path, env => {...},
 #                                 may_exit => 1}])
 #   kill_sidecar($h, 'KILL' | 'TERM' | 'STOP' | 'CONT')
@@ -128,6 +130,16 @@ sub new {
 
 
 sub testdir { $_[0]->{dir} }
+
+
+# "daemon on" instead of "daemon off", before write_config(): as nginx
+# runs in production; needed for a binary upgrade, see upgrade()
+sub daemon {
+    my ($self) = @_;
+
+    $self->{daemon} = 1;
+    return $self;
+}
 sub build { $_[0]->{build} }
 sub asan { $ASAN }
 
@@ -232,10 +244,14 @@ sub write_config {
     my $level = $ENV{NGXSHM_DEBUG} ? 'debug' : 'info';
 
     my $main = "load_module $self->{build}/ngx_http_shm_module.so;\n"
-        . "daemon off;\n"
+        . ($self->{daemon} ? "daemon on;\n" : "daemon off;\n")
         . "master_process on;\n"
         . "pid $d/nginx.pid;\n"
         . "error_log $d/error.log $level;\n";
+
+    # nginx passes only the "env" variables to a new binary (upgrade())
+    $main .= "env LD_PRELOAD;\nenv ASAN_OPTIONS;\nenv UBSAN_OPTIONS;\n"
+        if $ASAN;
 
     # as root, nginx would drop its workers to "nobody", who cannot reach
     # sockets in the test directory nor talk to a sidecar running as root;
@@ -362,8 +378,30 @@ sub run {
     $self->{log_from} = -s "$d/error.log" || 0 unless $self->{started}++;
     unlink "$d/nginx.pid";
 
+    if ($self->{daemon}) {
+        _subreaper() or die "run: prctl(PR_SET_CHILD_SUBREAPER) failed\n";
+    }
+
     my $pid = $self->_spawn(\%env, "$d/nginx.stdout", "$d/nginx.stderr",
         $NGINX, '-p', "$d/", '-c', "$d/nginx.conf", '-e', "$d/error.log");
+
+    if ($self->{daemon}) {
+        # the master forks and the process started exits: the master is
+        # adopted by this process, a subreaper
+        my $st = _gone($pid, $TIMEOUT);
+
+        die "run: nginx exited with status " . ($st // 'none') . ":\n"
+            . $self->read_file('nginx.stderr')
+            . _tail($self->read_file('error.log'), 20)
+            unless defined $st && $st == 0;
+
+        my $end = time() + $TIMEOUT;
+        sleep(0.05) until -s "$d/nginx.pid" || time() > $end;
+
+        (_slurp("$d/nginx.pid") // '') =~ /^(\d+)/
+            or die "run: no pid in nginx.pid\n";
+        $pid = $1;
+    }
 
     $self->{nginx} = $pid;
 
@@ -420,6 +458,14 @@ sub worker_pids {
     my ($self, $all) = @_;
 
     my $master = $self->{nginx} or return ();
+
+    return _workers($master, $all);
+}
+
+
+sub _workers {
+    my ($master, $all) = @_;
+
     my @pids;
 
     opendir my $dh, '/proc' or return ();
@@ -481,6 +527,73 @@ sub reload {
     }
 
     die "reload: workers not replaced within $TIMEOUT s\n";
+}
+
+
+# binary upgrade, as nginx documents it: USR2 starts a new master from
+# the same binary (the pid file becomes nginx.pid.oldbin), WINCH makes
+# the old workers finish, QUIT ends the old master.  nginx must run with
+# daemon(): a master started in the foreground ignores USR2 while its
+# first parent lives (it takes itself for a new binary) and WINCH (it
+# is not daemonized).  The new master is the old one's child; this
+# process, a subreaper, adopts it and drives it from then on.  pause =>
+# seconds between the steps (default 0).  Returns the new master's pid.
+sub upgrade {
+    my ($self, %opt) = @_;
+
+    my $d = $self->{dir};
+    my $old = $self->{nginx} or die "upgrade: nginx is not running\n";
+
+    die "upgrade: nginx must run with daemon()\n" unless $self->{daemon};
+
+    kill 'USR2', $old;
+
+    my ($new, $end) = (undef, time() + $TIMEOUT);
+
+    while (time() < $end) {
+        my $p = -e "$d/nginx.pid.oldbin" ? _slurp("$d/nginx.pid") : undef;
+
+        if ($p && $p =~ /^(\d+)/ && $1 != $old) {
+            $new = $1;
+            last if _workers($new) >= $self->{nworkers};
+        }
+
+        sleep(0.05);
+    }
+
+    die "upgrade: no new master with workers within $TIMEOUT s\n"
+        unless $new && _workers($new) >= $self->{nworkers};
+
+    sleep($opt{pause}) if $opt{pause};
+
+    kill 'WINCH', $old;
+
+    $end = time() + $TIMEOUT;
+    sleep(0.05) while _workers($old, 1) && time() < $end;
+    die "upgrade: old workers still run $TIMEOUT s after WINCH\n"
+        if _workers($old, 1);
+
+    sleep($opt{pause}) if $opt{pause};
+
+    kill 'QUIT', $old;
+
+    if (!defined _gone($old, $TIMEOUT)) {
+        die "upgrade: the old master did not quit within $TIMEOUT s\n";
+    }
+
+    $self->{nginx} = $new;
+
+    return $new;
+}
+
+
+sub _subreaper {
+    my $nr = eval { require 'sys/syscall.ph'; &SYS_prctl() };
+
+    return 0 unless defined $nr;
+
+    # PR_SET_CHILD_SUBREAPER
+    return syscall($nr, 36, 1, 0, 0, 0) == 0;
 }
 
 
