@@ -280,8 +280,8 @@ is(join(' ', $t->worker_pids()), $worker, 'same worker throughout');
 is(scalar(segments($worker)), 1, 'worker maps one segment');
 
 my $f = fds($worker);
-is($f->{eventfd} . ' ' . $f->{memfd}, '3 0',
-   'worker: eventfds of one channel and its own, no memfd descriptor');
+is("$f->{eventfd} $f->{pipe} $f->{memfd}", '2 1 0',
+   'worker: eventfd and pipe of one channel, its own eventfd, no memfd');
 
 is(join(' ', sysv_segments($t->nginx_pid(), $worker, $echo->{pid})), '',
    'no System V segments');

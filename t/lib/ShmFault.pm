@@ -6,7 +6,7 @@ package ShmFault;
 # a process holds (descriptors, segment mappings, RSS), bounded waits,
 # a client that reads a response piece by piece, and wrk.
 #
-#   fds($pid)            { total, socket, eventfd, memfd, other } counts
+#   fds($pid)            { total, socket, eventfd, pipe, memfd, other }
 #                        and socket => { inode => 1 } in {sockets}
 #   segments($pid)       inodes of the module's segments mapped by $pid
 #                        (memfd "ngx_http_shm"), as a sorted list
@@ -46,8 +46,8 @@ my $MEMFD = qr{/memfd:ngx_http_shm(?: \(deleted\))?$};
 sub fds {
     my ($pid) = @_;
 
-    my %r = (total => 0, socket => 0, eventfd => 0, memfd => 0, other => 0,
-             sockets => {});
+    my %r = (total => 0, socket => 0, eventfd => 0, pipe => 0, memfd => 0,
+             other => 0, sockets => {});
 
     opendir my $dh, "/proc/$pid/fd" or return undef;
 
@@ -61,6 +61,9 @@ sub fds {
 
         } elsif ($l =~ /eventfd/) {
             $r{eventfd}++;
+
+        } elsif ($l =~ /^pipe:/) {
+            $r{pipe}++;
 
         } elsif ($l =~ $MEMFD) {
             $r{memfd}++;
