@@ -57,6 +57,7 @@ $t->run();
 my $p = port(0);
 my $MiB = 1024 * 1024;
 my ($worker) = $t->worker_pids();
+my $pipes0 = fds($worker)->{pipe};     # nginx's own, before any channel
 my ($st, $h, $b, $t0);
 
 ($st, $h, $b) = parse_response(http_post($p, '/warm', 'warm'));
@@ -280,8 +281,9 @@ is(join(' ', $t->worker_pids()), $worker, 'same worker throughout');
 is(scalar(segments($worker)), 1, 'worker maps one segment');
 
 my $f = fds($worker);
-is("$f->{eventfd} $f->{pipe} $f->{memfd}", '2 1 0',
-   'worker: eventfd and pipe of one channel, its own eventfd, no memfd');
+is("$f->{eventfd} " . ($f->{pipe} - $pipes0) . " $f->{memfd}", "2 1 0",
+   'worker: eventfd and pipe of one channel, its own eventfd, no memfd')
+    or diag("eventfd $f->{eventfd} pipe $f->{pipe} memfd $f->{memfd}");
 
 is(join(' ', sysv_segments($t->nginx_pid(), $worker, $echo->{pid})), '',
    'no System V segments');
