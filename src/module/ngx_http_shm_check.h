@@ -181,4 +181,36 @@ ngx_http_shm_check_ack(const ngxshm_msg_t *ack, size_t n)
 }
 
 
+/*
+ * The checks of a frame from the response ring that need no stream
+ * state: NULL, or the violation.  A GOAWAY frame that passes needs no
+ * more checks; any other frame that passes is RESP_HEAD, RESP_BODY,
+ * RESET or CREDIT, for a slot below max_streams.
+ */
+
+static inline const char *
+ngx_http_shm_check_frame(const ngxshm_frame_t *f, uint32_t max_streams)
+{
+    if (f->type == NGXSHM_GOAWAY) {
+        if (f->stream != 0 || f->gen != 0 || f->len != 0 || f->flags != 0) {
+            return "invalid GOAWAY frame";
+        }
+
+        return NULL;
+    }
+
+    if (f->type != NGXSHM_RESP_HEAD && f->type != NGXSHM_RESP_BODY
+        && f->type != NGXSHM_RESET && f->type != NGXSHM_CREDIT)
+    {
+        return "frame type not allowed from a sidecar";
+    }
+
+    if (f->stream >= max_streams) {
+        return "stream slot out of range";
+    }
+
+    return NULL;
+}
+
+
 #endif /* NGX_HTTP_SHM_CHECK_H */

@@ -1815,26 +1815,17 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
 
     chunk = NULL;
 
-    if (f->type == NGXSHM_GOAWAY) {
-        if (f->stream != 0 || f->gen != 0 || f->len != 0 || f->flags != 0) {
-            bad = "invalid GOAWAY frame";
-            goto violation;
-        }
+    /* type, GOAWAY and slot range: ngx_http_shm_check.h, also in fuzz/ */
 
+    bad = ngx_http_shm_check_frame(f, ch->max_streams);
+
+    if (bad) {
+        goto violation;
+    }
+
+    if (f->type == NGXSHM_GOAWAY) {
         ch->goaway = 1;
         return NGX_OK;
-    }
-
-    if (f->type != NGXSHM_RESP_HEAD && f->type != NGXSHM_RESP_BODY
-        && f->type != NGXSHM_RESET && f->type != NGXSHM_CREDIT)
-    {
-        bad = "frame type not allowed from a sidecar";
-        goto violation;
-    }
-
-    if (f->stream >= ch->max_streams) {
-        bad = "stream slot out of range";
-        goto violation;
     }
 
     s = ch->slots[f->stream];
