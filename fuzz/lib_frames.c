@@ -97,6 +97,7 @@ typedef struct {
     unsigned            rx_tainted:1;   /* we broke ring 1's head */
     unsigned            must_close:1;   /* we sent a violation */
     unsigned            closed:1;       /* the library closed */
+    unsigned            sleeping:1;     /* we said so on ring 1 */
     fz_key_t            keys[FZ_MAX_KEYS];
     unsigned            nkeys;
 } fz_nginx_t;
@@ -108,6 +109,7 @@ static fz_server_t    *fz_srv[2];
 static fz_nginx_t      fz_ng;
 static fz_req_t        fz_reqs[FZ_MAX_REQS];
 static int             fz_mode;
+static unsigned        fz_rchunk;       /* 0: read until EAGAIN */
 static int             fz_base_fds;
 static unsigned char   fz_pattern[3 * 65536];
 
@@ -120,6 +122,7 @@ static unsigned        fz_nans[NGXSHM_TYPE_MAX + 1];
 /* the application */
 
 static void fz_event(ngxshm_request_t *r, unsigned ev, void *arg);
+static void fz_wakeup(void);
 
 
 static void
@@ -258,10 +261,15 @@ static void
 fz_read(fz_req_t *q)
 {
     char     buf[4096];
+    size_t   want;
     ssize_t  n;
 
+    /* an application that reads less than there is, if fz_rchunk says
+     * so, and waits for the next event */
+    want = fz_rchunk ? fz_rchunk : sizeof(buf);
+
     for ( ;; ) {
-        n = ngxshm_request_read(q->r, buf, sizeof(buf));
+        n = ngxshm_request_read(q->r, buf, want);
 
         if (n == -EAGAIN) {
             return;
@@ -278,9 +286,12 @@ fz_read(fz_req_t *q)
             return;
         }
 
-        /* the body is the pattern the fake nginx sends */
-        fz_check((size_t) n <= sizeof(buf));
+        fz_check((size_t) n <= want);
         q->read += n;
+
+        if (fz_rchunk != 0) {
+            return;
+        }
     }
 }
 
@@ -454,7 +465,7 @@ fz_put(const ngxshm_frame_t *hdr, const unsigned char *payload,
     uint32_t plen)
 {
     int              bad, tries;
-    uint32_t         v;
+    uint32_t         v, head;
     fz_key_t        *k;
     ngxshm_frame_t  *f;
 
@@ -474,11 +485,18 @@ fz_put(const ngxshm_frame_t *hdr, const unsigned char *payload,
         }
 
         ngxshm_ring_wait_space(&fz_ng.tx);
+        fz_wakeup();
+        head = fz_ng.tx.ctrl->head;
         fz_run(fz_ng.srv);
 
         if (fz_readable(fz_ng.fd)) {
             fz_ng.closed = 1;
             return -1;
+        }
+
+        /* the library made room while we waited for it: it woke us */
+        if (fz_ng.tx.ctrl->head != head) {
+            fz_check(fz_readable(fz_ng.efd_nginx));
         }
     }
 
@@ -676,6 +694,38 @@ fz_drain(void)
     if (ngxshm_ring_consumed(&fz_ng.rx)) {
         fz_kick();
     }
+
+    /* as the module does: announce sleep; if a frame came meanwhile,
+     * the next round reads it */
+    if (!fz_ng.sleeping && !ngxshm_ring_sleep(&fz_ng.rx)) {
+        fz_ng.sleeping = 1;
+    }
+}
+
+
+/*
+ * Before we reset efd_nginx: if we slept on ring 1 and the library wrote
+ * there since, it has signalled us, unless it closed the channel (the
+ * socket's EOF wakes nginx then).  Then we are awake.
+ */
+static void
+fz_wakeup(void)
+{
+    uint64_t  v;
+
+    if (fz_ng.sleeping) {
+        if (!fz_ng.rx_tainted && fz_ng.rx.ctrl->tail != fz_ng.rx.pos
+            && !fz_readable(fz_ng.fd))
+        {
+            fz_check(fz_readable(fz_ng.efd_nginx));
+        }
+
+        fz_ng.sleeping = 0;
+    }
+
+    if (read(fz_ng.efd_nginx, &v, sizeof(v)) < 0) {
+        /* EAGAIN: not signalled */
+    }
 }
 
 
@@ -689,6 +739,7 @@ fz_settle(void)
     for (i = 0; i < 16; i++) {
         head = fz_ng.rx.pos;
         fz_run(fz_ng.srv);
+        fz_wakeup();
         fz_drain();
 
         if (fz_ng.rx.pos == head) {
@@ -986,6 +1037,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     memset(fz_reqs, 0, sizeof(fz_reqs));
     fz_mode = (sel >> 3) % FZ_APP_MODES;
+    fz_rchunk = 0;
 
     fz_open(fz_srv[sel & 1], rsize, max_frame, 1 + fz_u8(&in) % 8,
             1 + fz_u16(&in) % rsize, fz_u32(&in) & ~(NGXSHM_ALIGN - 1));
@@ -1066,6 +1118,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         case 9: /* the application's behaviour for the next requests */
             fz_mode = fz_u8(&in) % FZ_APP_MODES;
+            fz_rchunk = fz_u8(&in) % 64 * 64;
             break;
 
         case 10: /* a forged tail: nothing sane can follow */
