@@ -5,6 +5,8 @@
 #   make fuzz FUZZ_TIME=600 FUZZ_TARGETS="ring lib_frames"
 #   make fuzz-build             only build $(B)/fuzz/<target>
 #   make fuzz-seeds             regenerate fuzz/corpus/ (fuzz/gen-seeds.c)
+#   make fuzz-coverage          line coverage of the decoders by the seeds
+#                               and what earlier runs found (llvm-cov)
 #
 # Not part of "make test".  New corpus entries go to $(B)/fuzz/corpus/,
 # crashes to $(B)/fuzz/artifacts/; fuzz/corpus/ is only read.
@@ -24,7 +26,7 @@ FUZZ_CFLAGS   = -std=gnu11 -g -O1 $(WFLAGS) $(FUZZ_SAN) -D_GNU_SOURCE \
 FUZZ_LIBOBJS  = $(LIB_SRCS:src/lib/%.c=$(FUZZ_B)/obj/%.o)
 FUZZ_HEADERS  = $(HEADERS) fuzz/fuzz.h src/module/ngx_http_shm_check.h
 
-.PHONY: fuzz fuzz-deps fuzz-build fuzz-seeds
+.PHONY: fuzz fuzz-deps fuzz-build fuzz-seeds fuzz-coverage
 
 fuzz: fuzz-deps
 	$(MAKE) fuzz-build
@@ -55,3 +57,39 @@ $(FUZZ_B)/gen-seeds: fuzz/gen-seeds.c $(FUZZ_HEADERS)
 
 fuzz-seeds: fuzz-deps $(FUZZ_B)/gen-seeds
 	$(FUZZ_B)/gen-seeds fuzz/corpus
+
+# coverage: the same targets with source-based coverage, no sanitizers,
+# replaying fuzz/corpus/<target> and $(FUZZ_B)/corpus/<target> once
+FUZZ_COV      = -fprofile-instr-generate -fcoverage-mapping
+FUZZ_COVOBJS  = $(LIB_SRCS:src/lib/%.c=$(FUZZ_B)/cov/obj/%.o)
+
+.SECONDARY: $(FUZZ_COVOBJS)
+
+$(FUZZ_B)/cov/obj/%.o: src/lib/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc/lib \
+	    $(FUZZ_COV) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_B)/cov/%: fuzz/%.c $(FUZZ_COVOBJS) $(FUZZ_HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc/lib \
+	    -Isrc/module $(FUZZ_COV) -fsanitize=fuzzer -o $@ $< \
+	    $(FUZZ_COVOBJS) $(LDLIBS)
+
+fuzz-coverage: fuzz-deps $(FUZZ_ALL:%=$(FUZZ_B)/cov/%)
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(FUZZ_B)/corpus/$$t; \
+	    LLVM_PROFILE_FILE=$(FUZZ_B)/cov/$$t.profraw \
+	        $(FUZZ_B)/cov/$$t -runs=0 -close_fd_mask=3 \
+	        $(FUZZ_B)/corpus/$$t fuzz/corpus/$$t > /dev/null 2>&1; \
+	    llvm-profdata merge -o $(FUZZ_B)/cov/$$t.profdata \
+	        $(FUZZ_B)/cov/$$t.profraw || exit 1; \
+	    echo "== $$t: functions reached (regions, lines, branches covered)"; \
+	    llvm-cov report -show-functions $(FUZZ_B)/cov/$$t \
+	        -instr-profile=$(FUZZ_B)/cov/$$t.profdata \
+	        $(LIB_SRCS) include/ngxshm_ring.h \
+	        src/module/ngx_http_shm_check.h \
+	    | awk '$$4 ~ /%$$/ && $$4 != "0.00%" && $$1 != "TOTAL" \
+	           { sub(/^[^:]*:/, "", $$1); \
+	             printf "  %-32s %8s %8s %8s\n", $$1, $$4, $$7, $$10 }'; \
+	done
