@@ -27,9 +27,15 @@
  * the window plus the credit granted; credit returned never exceeds the
  * body sent.  On the channel: a frame that breaks a stateless rule of
  * docs/protocol.md makes the library close the channel; a channel that
- * stays open has consumed all of ring 0 (no lost wakeup); when nginx
+ * stays open has consumed all of ring 0 and signalled nginx whenever it
+ * made room or wrote while nginx slept (no lost wakeup); when nginx
  * goes away, the channel is torn down, every request is freed once the
- * application completed it, and no descriptor is left open.
+ * application completed it, and no descriptor is left open.  Once a
+ * raw header's len ends its frame elsewhere than its payload, the
+ * library reads bytes that were not meant as frames: the checks that
+ * need to know which streams it opened and what it received (nginx
+ * opened the stream, credit and body bounds, a violation closes) are
+ * off for the rest of that input.
  */
 
 #include "ngx_http_shm_check.h"
@@ -98,6 +104,7 @@ typedef struct {
     unsigned            must_close:1;   /* we sent a violation */
     unsigned            closed:1;       /* the library closed */
     unsigned            sleeping:1;     /* we said so on ring 1 */
+    unsigned            desync:1;       /* its frames are not ours */
     fz_key_t            keys[FZ_MAX_KEYS];
     unsigned            nkeys;
 } fz_nginx_t;
@@ -504,6 +511,13 @@ fz_put(const ngxshm_frame_t *hdr, const unsigned char *payload,
         return -1;
     }
 
+    if (fz_trace) {
+        fprintf(stderr, "lib_frames: put type %u flags %#x reserved %u "
+                "stream %u gen %u len %u, payload %u at %u\n", hdr->type,
+                hdr->flags, hdr->reserved, hdr->stream, hdr->gen, hdr->len,
+                plen, (unsigned) ((unsigned char *) f - fz_ng.tx.data));
+    }
+
     memcpy(f, hdr, sizeof(ngxshm_frame_t));
 
     if (plen != 0) {
@@ -530,8 +544,20 @@ fz_put(const ngxshm_frame_t *hdr, const unsigned char *payload,
         fz_ng.must_close = 1;
     }
 
-    /* bookkeeping for the checks of the answers */
-    if (hdr->len == plen && hdr->stream < 256) {
+    /*
+     * Bookkeeping for the checks of the answers, as the library sees the
+     * frame: it goes by the header's len.  If that ends the frame
+     * elsewhere than our payload does, or a CREDIT's value is not all
+     * ours, the library reads bytes we did not mean as frames: from then
+     * on we cannot tell which streams it opened and what it received.
+     */
+    if (ngxshm_align(hdr->len) != ngxshm_align(plen)
+        || (hdr->type == NGXSHM_CREDIT && hdr->len == 4 && plen < 4))
+    {
+        fz_ng.desync = 1;
+    }
+
+    if (hdr->stream < 256) {
         if (hdr->type == NGXSHM_REQ_HEAD && hdr->gen > fz_ng.gens[hdr->stream])
         {
             fz_ng.gens[hdr->stream] = hdr->gen;
@@ -540,10 +566,12 @@ fz_put(const ngxshm_frame_t *hdr, const unsigned char *payload,
         k = fz_key(hdr->stream, hdr->gen, hdr->type == NGXSHM_REQ_HEAD);
 
         if (k != NULL && hdr->type == NGXSHM_REQ_BODY) {
-            k->body_sent += plen;
+            k->body_sent += hdr->len;
         }
 
-        if (k != NULL && hdr->type == NGXSHM_CREDIT && plen == 4) {
+        if (k != NULL && hdr->type == NGXSHM_CREDIT && hdr->len == 4
+            && plen >= 4)
+        {
             memcpy(&v, payload, sizeof(v));
             k->credit_sent += v;
         }
@@ -581,14 +609,24 @@ fz_answer_frame(const ngxshm_frame_t *f, const unsigned char *p)
     ngxshm_head_t    head;
     ngxshm_field_t   field;
 
+    if (fz_trace) {
+        fprintf(stderr, "lib_frames: got type %u flags %#x stream %u gen %u "
+                "len %u\n", f->type, f->flags, f->stream, f->gen, f->len);
+    }
+
     fz_check(ngx_http_shm_check_frame(f, fz_ng.max_streams) == NULL);
 
     /* the library says GOAWAY only when it stops, which it never does */
     fz_check(f->type != NGXSHM_GOAWAY);
 
-    /* a stream nginx opened */
-    k = fz_key(f->stream, f->gen, 0);
-    fz_check(k != NULL);
+    /* a stream nginx opened (which we know only while the library sees
+     * our frames as we wrote them) */
+    k = fz_key(f->stream, f->gen, fz_ng.desync);
+    fz_check(k != NULL || fz_ng.desync);
+
+    if (k == NULL) {
+        return;
+    }
 
     switch (f->type) {
 
@@ -597,7 +635,7 @@ fz_answer_frame(const ngxshm_frame_t *f, const unsigned char *p)
         memcpy(&v, p, sizeof(v));
         fz_check(v != 0);
         k->credit_recv += v;
-        fz_check(k->credit_recv <= k->body_sent);
+        fz_check(k->credit_recv <= k->body_sent || fz_ng.desync);
         return;
 
     case NGXSHM_RESET:
@@ -653,7 +691,8 @@ fz_answer_frame(const ngxshm_frame_t *f, const unsigned char *p)
         fz_check(k->head_done && !k->ended);
         fz_check((f->flags & ~NGXSHM_F_END) == 0);
         k->resp_body += f->len;
-        fz_check(k->resp_body <= fz_ng.window + k->credit_sent);
+        fz_check(k->resp_body <= fz_ng.window + k->credit_sent
+                 || fz_ng.desync);
 
         if (f->flags & NGXSHM_F_END) {
             k->ended = 1;
@@ -858,8 +897,9 @@ fz_close(void)
         fz_check(ch->rx.pos == fz_ng.tx.pos);
         fz_check(fz_ng.tx.pos - fz_ng.tx.ctrl->head < fz_ng.ring_size);
 
-        /* and closed it if we broke a rule */
-        fz_check(!fz_ng.must_close);
+        /* and closed it if we broke a rule (unless the library took
+         * that frame for part of another, which we cannot tell) */
+        fz_check(!fz_ng.must_close || fz_ng.desync);
     }
 
     if (fz_trace) {
