@@ -43,7 +43,8 @@ deps:
 module: $(B)/ngx_http_shm_module.so
 
 $(B)/ngx_http_shm_module.so: src/module/ngx_http_shm_module.c \
-        src/module/config include/ngxshm_abi.h include/ngxshm_ring.h
+        src/module/config include/ngxshm_abi.h include/ngxshm_ring.h \
+        src/module/ngx_http_shm_check.h
 	tools/build-module.sh $(B) "$(SANFLAGS)" "$(SANFLAGS)"
 
 lib: $(B)/libngxshm.so $(B)/libngxshm.a $(B)/libngxshm.pc

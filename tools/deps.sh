@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install what the build and the tests need, only when it is missing.
-# Usage: tools/deps.sh [bench]
+# Usage: tools/deps.sh [bench | fuzz]
 
 pkgs="nginx nginx-dev gcc make perl curl libc6-dev wrk"
 cmds="nginx gcc make prove curl wrk"
@@ -12,6 +12,10 @@ cmds="nginx gcc make prove curl wrk"
 [ "$1" = bench ] && pkgs="$pkgs libfcgi-dev spawn-fcgi gnuplot-nox \
     valgrind strace uwsgi-core libcap-dev libpcre3-dev libssl-dev uuid-dev \
     zlib1g-dev"
+
+# fuzz: clang with libFuzzer and the sanitizer runtimes (libclang-rt-dev,
+# only recommended by clang), llvm-symbolizer for readable reports
+[ "$1" = fuzz ] && pkgs="$pkgs clang libclang-rt-dev llvm"
 
 missing=""
 for p in $pkgs; do

@@ -397,8 +397,9 @@ ngxshm_head_parse(ngxshm_request_t *r)
         }
     }
 
+    /* no index without headers and parameters: NULL + 0 is undefined */
     r->hdrs = idx;
-    r->params = idx + nh;
+    r->params = (idx != NULL) ? idx + nh : NULL;
     r->nhdrs = 0;
     r->nparams = 0;
 

@@ -23,6 +23,7 @@
 
 #include <ngxshm_abi.h>
 #include <ngxshm_ring.h>
+#include "ngx_http_shm_check.h"
 
 
 #define NGX_HTTP_SHM_MAX_STREAMS       4096
@@ -890,32 +891,11 @@ ngx_http_shm_reinit_request(ngx_http_request_t *r)
 
 
 static ngx_int_t
-ngx_http_shm_token_char(u_char ch)
-{
-    /* RFC 9110 tchar */
-
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-        || (ch >= '0' && ch <= '9'))
-    {
-        return 1;
-    }
-
-    switch (ch) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
-    case '+': case '-': case '.': case '^': case '_': case '`': case '|':
-    case '~':
-        return 1;
-    }
-
-    return 0;
-}
-
-
-static ngx_int_t
 ngx_http_shm_process_header(ngx_http_request_t *r)
 {
     u_char                          *start, *name, *value;
-    size_t                           avail, end, i, k;
+    size_t                           k, pos;
+    ngx_int_t                        rc;
     ngx_uint_t                       n, status;
     ngx_str_t                       *hop;
     ngx_table_elt_t                 *h;
@@ -929,55 +909,50 @@ ngx_http_shm_process_header(ngx_http_request_t *r)
     umcf = ngx_http_get_module_main_conf(r, ngx_http_upstream_module);
 
     start = u->buffer.pos;
-    avail = u->buffer.last - u->buffer.pos;
 
-    if (avail < sizeof(ngxshm_head_t)) {
+    /* the checks are in ngx_http_shm_check.h, shared with fuzz/ */
+
+    rc = ngx_http_shm_check_head(start, u->buffer.last - u->buffer.pos,
+                                 u->buffer.end - u->buffer.pos, &head);
+
+    switch (rc) {
+
+    case NGX_HTTP_SHM_HEAD_OK:
+        break;
+
+    case NGX_HTTP_SHM_HEAD_AGAIN:
         return NGX_AGAIN;
-    }
 
-    ngx_memcpy(&head, start, sizeof(ngxshm_head_t));
-
-    if (head.size > (size_t) (u->buffer.end - u->buffer.pos)) {
+    case NGX_HTTP_SHM_HEAD_TOO_BIG:
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "sidecar sent too big header: %uD bytes, "
                       "\"shm_buffer_size\" is %uz",
                       head.size, u->conf->buffer_size);
         return NGX_HTTP_UPSTREAM_INVALID_HEADER;
-    }
 
-    if (avail < head.size) {
-        return NGX_AGAIN;
-    }
+    case NGX_HTTP_SHM_HEAD_BAD_STATUS:
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sidecar sent invalid status %ui",
+                      (ngx_uint_t) head.status);
+        return NGX_HTTP_UPSTREAM_INVALID_HEADER;
 
-    /* the block is in our own buffer now: check it once, use it */
-
-    end = sizeof(ngxshm_head_t) + (size_t) head.nfields * sizeof(field);
-
-    if (head.size < end || head.flags != 0 || head.reserved != 0) {
+    default: /* NGX_HTTP_SHM_HEAD_BAD_BLOCK */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "sidecar sent invalid header block: "
                       "size %uD, %ud fields", head.size, head.nfields);
         return NGX_HTTP_UPSTREAM_INVALID_HEADER;
     }
 
+    /* the block is in our own buffer now: check it once, use it */
+
     status = head.status;
 
-    if (status < 200 || status > 599) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "sidecar sent invalid status %ui", status);
-        return NGX_HTTP_UPSTREAM_INVALID_HEADER;
-    }
-
     for (n = 0; n < head.nfields; n++) {
-        ngx_memcpy(&field, start + sizeof(ngxshm_head_t) + n * sizeof(field),
-                   sizeof(field));
+        pos = 0;
+        rc = ngx_http_shm_check_field(start, &head, (uint32_t) n, &field,
+                                      &pos);
 
-        if (field.kind != NGXSHM_FIELD_HEADER || field.reserved != 0
-            || field.name_len == 0
-            || field.off < end || field.off > head.size
-            || field.name_len > head.size - field.off
-            || field.value_len > head.size - field.off - field.name_len)
-        {
+        if (rc == NGX_HTTP_SHM_HEAD_BAD_FIELD) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "sidecar sent invalid header field #%ui", n);
             return NGX_HTTP_UPSTREAM_INVALID_HEADER;
@@ -986,23 +961,19 @@ ngx_http_shm_process_header(ngx_http_request_t *r)
         name = start + field.off;
         value = name + field.name_len;
 
-        for (i = 0; i < field.name_len; i++) {
-            if (!ngx_http_shm_token_char(name[i])) {
-                /* up to the bad byte only: a CR or LF would forge lines */
-                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                              "sidecar sent invalid header name "
-                              "\"%*s\\x%02xD...\"", i, name, name[i]);
-                return NGX_HTTP_UPSTREAM_INVALID_HEADER;
-            }
+        if (rc == NGX_HTTP_SHM_HEAD_BAD_NAME) {
+            /* up to the bad byte only: a CR or LF would forge lines */
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "sidecar sent invalid header name "
+                          "\"%*s\\x%02xD...\"", pos, name, name[pos]);
+            return NGX_HTTP_UPSTREAM_INVALID_HEADER;
         }
 
-        for (i = 0; i < field.value_len; i++) {
-            if (value[i] == CR || value[i] == LF || value[i] == '\0') {
-                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                              "sidecar sent invalid value in header \"%*s\"",
-                              (size_t) field.name_len, name);
-                return NGX_HTTP_UPSTREAM_INVALID_HEADER;
-            }
+        if (rc == NGX_HTTP_SHM_HEAD_BAD_VALUE) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "sidecar sent invalid value in header \"%*s\"",
+                          (size_t) field.name_len, name);
+            return NGX_HTTP_UPSTREAM_INVALID_HEADER;
         }
 
         for (hop = ngx_http_shm_hop_headers; hop->len; hop++) {
@@ -1704,6 +1675,7 @@ static void
 ngx_http_shm_channel_read(ngx_event_t *rev)
 {
     ssize_t                  n;
+    ngx_int_t                rc;
     ngx_connection_t        *c;
     ngx_http_shm_channel_t  *ch;
     ngxshm_msg_t             ack;
@@ -1748,18 +1720,17 @@ ngx_http_shm_channel_read(ngx_event_t *rev)
         return;
     }
 
+    rc = ngx_http_shm_check_ack(&ack, (size_t) n);
+
     if (ch->state != NGX_HTTP_SHM_CH_HANDSHAKE
-        || n != (ssize_t) sizeof(ngxshm_msg_t)
-        || ack.magic != NGXSHM_MAGIC
-        || ack.type != NGXSHM_MSG_HELLO_ACK
-        || ack.size != sizeof(ngxshm_msg_t))
+        || rc == NGX_HTTP_SHM_ACK_INVALID)
     {
         ngx_http_shm_channel_fail(ch, NGX_LOG_ERR,
                                   "sidecar sent an invalid control message");
         return;
     }
 
-    if (ack.version != NGXSHM_VERSION || ack.status != 0) {
+    if (rc == NGX_HTTP_SHM_ACK_REFUSED) {
         ngx_log_error(NGX_LOG_ERR, ch->log,
                       ack.status > 0 ? (ngx_err_t) ack.status : 0,
                       "sidecar %V refused the channel (version %uD)",
@@ -1898,26 +1869,17 @@ ngx_http_shm_channel_frame(ngx_http_shm_channel_t *ch, ngxshm_frame_t *f,
 
     chunk = NULL;
 
-    if (f->type == NGXSHM_GOAWAY) {
-        if (f->stream != 0 || f->gen != 0 || f->len != 0 || f->flags != 0) {
-            bad = "invalid GOAWAY frame";
-            goto violation;
-        }
+    /* type, GOAWAY and slot range: ngx_http_shm_check.h, also in fuzz/ */
 
+    bad = ngx_http_shm_check_frame(f, ch->max_streams);
+
+    if (bad) {
+        goto violation;
+    }
+
+    if (f->type == NGXSHM_GOAWAY) {
         ch->goaway = 1;
         return NGX_OK;
-    }
-
-    if (f->type != NGXSHM_RESP_HEAD && f->type != NGXSHM_RESP_BODY
-        && f->type != NGXSHM_RESET && f->type != NGXSHM_CREDIT)
-    {
-        bad = "frame type not allowed from a sidecar";
-        goto violation;
-    }
-
-    if (f->stream >= ch->max_streams) {
-        bad = "stream slot out of range";
-        goto violation;
     }
 
     s = ch->slots[f->stream];
