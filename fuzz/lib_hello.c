@@ -28,7 +28,7 @@
 #define FZ_KINDS  6
 
 enum {
-    FZ_FD_EXPECTED = 0,     /* memfd for 0, eventfd for 1 and 2 */
+    FZ_FD_EXPECTED = 0,     /* memfd for 0, pipe for 1, eventfd for 2 */
     FZ_FD_EVENTFD,
     FZ_FD_MEMFD,            /* another memfd, not sealed */
     FZ_FD_PIPE,
@@ -55,7 +55,7 @@ fz_open_kind(int kind, int slot, int seg)
     int  fd, sv[2];
 
     if (kind == FZ_FD_EXPECTED) {
-        kind = (slot == 0) ? -1 : FZ_FD_EVENTFD;
+        kind = (slot == 0) ? -1 : (slot == 1) ? FZ_FD_PIPE : FZ_FD_EVENTFD;
     }
 
     switch (kind) {
@@ -98,7 +98,15 @@ fz_open_kind(int kind, int slot, int seg)
 static int
 fz_is_eventfd(int kind, int slot)
 {
-    return kind == FZ_FD_EVENTFD || (kind == FZ_FD_EXPECTED && slot != 0);
+    return kind == FZ_FD_EVENTFD || (kind == FZ_FD_EXPECTED && slot == 2);
+}
+
+
+/* the read end of a pipe: what nginx sends for efd_app (protocol 2) */
+static int
+fz_is_wake_pipe(int kind, int slot)
+{
+    return kind == FZ_FD_PIPE || (kind == FZ_FD_EXPECTED && slot == 1);
 }
 
 
@@ -277,7 +285,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (m.seg_size != fsize || fsize < NGXSHM_HDR_SIZE + 2 * 4096) {
         want = EINVAL;
 
-    } else if (!fz_is_eventfd(kinds[1], 1) || !fz_is_eventfd(kinds[2], 2)) {
+    } else if (!fz_is_wake_pipe(kinds[1], 1) || !fz_is_eventfd(kinds[2], 2)) {
         want = EINVAL;
 
     } else if (hv.magic != NGXSHM_MAGIC || hv.version != NGXSHM_VERSION
