@@ -52,7 +52,7 @@ fz_ack(fz_in_t *in)
     if (n != 32 || m.magic != 0x4d48534e || m.type != 2 || m.size != 32) {
         want = NGX_HTTP_SHM_ACK_INVALID;
 
-    } else if (m.version != 1 || m.status != 0) {
+    } else if (m.version != NGXSHM_VERSION || m.status != 0) {
         want = NGX_HTTP_SHM_ACK_REFUSED;
 
     } else {
