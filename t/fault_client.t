@@ -65,7 +65,16 @@ my ($ok, @bad) = burst($p, 200, 10, '/warm');
 is($ok, 200, 'warm up') or diag(join ', ', @bad);
 
 my @seg0 = segments($worker);
+
+# the baseline once the warm-up's client connections are closed
 my $wfd0 = fds($worker);
+
+for (1 .. 20) {
+    select(undef, undef, undef, 0.05);
+    my $f = fds($worker);
+    $wfd0 = $f if $f && $f->{total} < $wfd0->{total};
+}
+
 my $sfd0 = fds($echo->{pid});
 my $rss0 = proc_rss_kb($worker);
 my $srss0 = proc_rss_kb($echo->{pid});
@@ -149,7 +158,8 @@ note("worker rss $rss0 -> $rss1 KiB, sidecar rss $srss0 -> $srss1 KiB, "
      . "worker fds $wfd0->{total} -> $wfd1->{total}, "
      . "sidecar fds $sfd0->{total} -> $sfd1->{total}");
 
-is($wfd1->{total}, $wfd0->{total}, 'after: worker descriptors as before');
+ok($wfd1->{total} <= $wfd0->{total}, 'after: worker descriptors as before')
+    or diag("worker fds $wfd0->{total} -> $wfd1->{total}");
 is($sfd1->{total}, $sfd0->{total}, 'after: sidecar descriptors as before');
 # under ASan freed memory waits in a quarantine of 16 MiB
 my $slack = $t->asan() ? 8192 + 24576 : 8192;
