@@ -57,6 +57,16 @@ my $p = port(0);
 my $MiB = 1024 * 1024;
 my @workers = $t->worker_pids();
 my %wfd0 = map { $_ => fds($_)->{total} } @workers;
+
+# the baseline once the harness's start-up probe connection is closed
+for (1 .. 20) {
+    select(undef, undef, undef, 0.05);
+
+    for my $w (@workers) {
+        my $n = fds($w)->{total};
+        $wfd0{$w} = $n if $n < $wfd0{$w};
+    }
+}
 my ($st, $h, $body, $t0);
 
 my ($ok, @bad) = burst($p, 40, 20, '/warm');
@@ -171,7 +181,7 @@ unlike($t->read_log(), qr/streams in flight/, 'no channel failed');
 ok(wait_until(sub { !grep { segments($_) } @workers }, 5),
    'no worker maps a segment');
 is(join(' ', memfd_holders(@seg)), '', 'no process holds one');
-ok(wait_until(sub { !grep { fds($_)->{total} != $wfd0{$_} } @workers }, 5),
+ok(wait_until(sub { !grep { fds($_)->{total} > $wfd0{$_} } @workers }, 5),
    'workers have their descriptors of before the first request');
 
 # a new sidecar

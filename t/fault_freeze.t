@@ -58,7 +58,16 @@ my ($ok, @bad) = burst($p, 300, 10, '/warm');
 is($ok, 300, 'warm up: 300 requests served') or diag(join ', ', @bad);
 
 my @seg0 = segments($worker);
+
+# the baseline once the warm-up's client connections are closed
 my $wfd0 = fds($worker);
+
+for (1 .. 20) {
+    select(undef, undef, undef, 0.05);
+    my $f = fds($worker);
+    $wfd0 = $f if $f && $f->{total} < $wfd0->{total};
+}
+
 my $sfd0 = fds($echo->{pid});
 my $rss0 = proc_rss_kb($worker);
 my $srss0 = proc_rss_kb($echo->{pid});
@@ -187,7 +196,8 @@ note("worker rss $rss0 -> $rss1 KiB, sidecar rss $srss0 -> $srss1 KiB, "
      . "worker fds $wfd0->{total} -> $wfd1->{total}, "
      . "sidecar fds $sfd0->{total} -> $sfd1->{total}");
 
-is($wfd1->{total}, $wfd0->{total}, 'worker: as many descriptors as before');
+ok($wfd1->{total} <= $wfd0->{total}, 'worker: as many descriptors as before')
+    or diag("worker fds $wfd0->{total} -> $wfd1->{total}");
 # under ASan freed memory waits in a quarantine of 16 MiB
 my $slack = $t->asan() ? 4096 + 24576 : 4096;
 
