@@ -23,6 +23,8 @@
 #   PORT_BASE=38470  the contenders listen on PORT_BASE+1 ... +5
 #   OUT=latest       results basename in bench/results (QUICK: quick)
 #   NGINX=/usr/sbin/nginx
+#   PERF_DIR=        if set, "perf record -g" the front worker(s) and the
+#                    backend during each run, into PERF_DIR/*.data
 #
 # Everything runs under build/bench/run and listens on 127.0.0.1 or UNIX
 # sockets only; every process it starts is stopped on exit, also on
@@ -57,6 +59,8 @@ else
 fi
 
 WORKERS=${WORKERS:-1}
+PERF_DIR=${PERF_DIR:-}
+[ -z "$PERF_DIR" ] || mkdir -p "$PERF_DIR"
 WRK_THREADS=${WRK_THREADS:-1}
 SHM_THREADS=${SHM_THREADS:-1}
 IDLE=${IDLE:-5}
@@ -561,6 +565,15 @@ one_run() {
 
     timeout -k 5 $((secs + 20)) wrk "$@" "$url" > "$out" 2>&1 &
     WRKPID=$!
+
+    if [ -n "$PERF_DIR" ] && [ "$round" != warm ]; then
+        # shellcheck disable=SC2086
+        perf record -q -g -o "$PERF_DIR/$c-$w-c$conc-r$round.data" \
+            -p "$(echo $FRONT_WORKERS $bpids | tr ' ' ',')" \
+            -- sleep "$((secs - 1))" > /dev/null 2>&1 \
+            || log "perf record failed for $c $w c=$conc"
+    fi
+
     wait $WRKPID
     WRKPID=""
 

@@ -46,6 +46,7 @@
 typedef struct ngx_http_shm_channel_s  ngx_http_shm_channel_t;
 typedef struct ngx_http_shm_stream_s   ngx_http_shm_stream_t;
 typedef struct ngx_http_shm_chunk_s    ngx_http_shm_chunk_t;
+typedef struct ngx_http_shm_lent_s     ngx_http_shm_lent_t;
 
 
 typedef struct {
@@ -87,9 +88,23 @@ struct ngx_http_shm_chunk_s {
     uint32_t                       len;
     uint32_t                       pos;
     uint32_t                       cap;          /* bytes data[] holds */
+    uint32_t                       refs;         /* slices lent out */
     unsigned                       body:1;
     unsigned                       cls:5;        /* 0: plain malloc() */
     u_char                         data[1];
+};
+
+
+/*
+ * Response body slices lent to the event pipe as its buffers (see
+ * ngx_http_shm_recv_chain()): a chunk wholly lent waits here until the
+ * pipe hands its last slice back, or until the request's pool goes.
+ */
+struct ngx_http_shm_lent_s {
+    ngx_http_shm_main_conf_t      *smcf;
+    ngx_http_shm_stream_t         *stream;       /* NULL once released */
+    ngx_http_shm_chunk_t          *chunks;
+    size_t                         slice;        /* bytes per buffer */
 };
 
 
@@ -125,6 +140,7 @@ struct ngx_http_shm_stream_s {
     size_t                         head_max;
     uint32_t                       recv_window;
     uint32_t                       unreported;
+    ngx_http_shm_lent_t           *lent;         /* buffered responses */
 
     unsigned                       head_done:1;
     unsigned                       in_end:1;
@@ -206,6 +222,8 @@ static ngx_int_t ngx_http_shm_create_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shm_reinit_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shm_process_header(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shm_input_filter_init(void *data);
+static ngx_int_t ngx_http_shm_pipe_input_filter(ngx_event_pipe_t *p,
+    ngx_buf_t *buf);
 static ngx_int_t ngx_http_shm_non_buffered_filter(void *data,
     ssize_t bytes);
 static void ngx_http_shm_abort_request(ngx_http_request_t *r);
@@ -249,6 +267,8 @@ static void ngx_http_shm_stream_reap(ngx_http_shm_main_conf_t *smcf,
     ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_release(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_free_chunks(ngx_http_shm_stream_t *s);
+static void ngx_http_shm_stream_unlend(ngx_http_shm_stream_t *s);
+static void ngx_http_shm_lent_cleanup(void *data);
 static ngx_int_t ngx_http_shm_stream_ctl(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_reaper(ngx_event_t *ev);
 static ngx_http_shm_chunk_t *ngx_http_shm_chunk_alloc(
@@ -256,6 +276,13 @@ static ngx_http_shm_chunk_t *ngx_http_shm_chunk_alloc(
 static void ngx_http_shm_chunk_free(ngx_http_shm_main_conf_t *smcf,
     ngx_http_shm_chunk_t *chunk);
 
+static ssize_t ngx_http_shm_recv_state(ngx_http_shm_stream_t *s);
+static void ngx_http_shm_recv_done(ngx_http_shm_stream_t *s, size_t n,
+    size_t body);
+static ngx_int_t ngx_http_shm_take_back(ngx_http_shm_stream_t *s,
+    ngx_buf_t *b);
+static ssize_t ngx_http_shm_lend(ngx_http_shm_stream_t *s, ngx_buf_t *b,
+    size_t size);
 static ssize_t ngx_http_shm_recv(ngx_connection_t *c, u_char *buf,
     size_t size);
 static ssize_t ngx_http_shm_recv_chain(ngx_connection_t *c,
@@ -581,7 +608,7 @@ ngx_http_shm_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    u->pipe->input_filter = ngx_event_pipe_copy_input_filter;
+    u->pipe->input_filter = ngx_http_shm_pipe_input_filter;
     u->pipe->input_ctx = r;
 
     u->input_filter_init = ngx_http_shm_input_filter_init;
@@ -1044,7 +1071,14 @@ ngx_http_shm_input_filter_init(void *data)
 {
     ngx_http_request_t  *r = data;
 
-    ngx_http_upstream_t  *u;
+    ngx_int_t               i;
+    ngx_buf_t              *b;
+    ngx_chain_t            *cl;
+    ngx_event_pipe_t       *p;
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_upstream_t    *u;
+    ngx_http_shm_lent_t    *lent;
+    ngx_http_shm_stream_t  *s;
 
     u = r->upstream;
 
@@ -1058,7 +1092,94 @@ ngx_http_shm_input_filter_init(void *data)
         u->length = u->headers_in.content_length_n;
     }
 
-    u->pipe->length = u->length;
+    p = u->pipe;
+    p->length = u->length;
+
+    if (!u->buffering || p->cacheable || u->length == 0
+        || u->peer.connection == NULL || p->preread_bufs == NULL
+        || p->preread_bufs->next || p->free_raw_bufs)
+    {
+        return NGX_OK;
+    }
+
+    /*
+     * The pipe reads the body into buffers it allocates; we give it
+     * buffers without memory instead, and ngx_http_shm_recv_chain()
+     * points them at slices of the chunks the body arrived in, no bigger
+     * than its own buffers would be: no second copy, and every limit of
+     * the pipe (busy, temp file writes) sees the sizes it expects.
+     * They follow the buffer that holds the head: the pipe reads that
+     * one first and puts what follows it among its free buffers (before
+     * that it would lose anything already there).
+     */
+
+    s = (ngx_http_shm_stream_t *) u->peer.connection;
+
+    if (s->destroyed || s->lent) {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_shm_lent_t));
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    lent = cln->data;
+    lent->smcf = s->smcf;
+    lent->stream = NULL;
+    lent->chunks = NULL;
+    lent->slice = p->bufs.size;
+
+    cln->handler = ngx_http_shm_lent_cleanup;
+
+    for (i = p->allocated; i < p->bufs.num; i++) {
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->temporary = 1;
+
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl->buf = b;
+        cl->next = p->preread_bufs->next;
+        p->preread_bufs->next = cl;
+    }
+
+    p->allocated = p->bufs.num;
+
+    lent->stream = s;
+    s->lent = lent;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The pipe counts its busy buffers at their full size and relies on it:
+ * a lent slice shorter than a buffer (a chunk's tail) counts as a whole
+ * buffer too, or all of them could end up busy with none left to read
+ * into.
+ */
+
+static ngx_int_t
+ngx_http_shm_pipe_input_filter(ngx_event_pipe_t *p, ngx_buf_t *buf)
+{
+    ngx_buf_t  *b;
+
+    if (ngx_event_pipe_copy_input_filter(p, buf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    b = buf->shadow;
+
+    if (b && buf->tag == (ngx_buf_tag_t) &ngx_http_shm_lend) {
+        b->end = b->start + p->bufs.size;
+    }
 
     return NGX_OK;
 }
@@ -2646,6 +2767,8 @@ ngx_http_shm_stream_release(ngx_http_shm_stream_t *s)
                    "http shm stream %uD/%uD release%s", s->slot, s->gen,
                    s->released ? "" : ", cancel");
 
+    ngx_http_shm_stream_unlend(s);
+
     s->request = NULL;
     s->destroyed = 1;
     s->c.fd = (ngx_socket_t) -1;
@@ -2693,6 +2816,8 @@ ngx_http_shm_stream_free_chunks(ngx_http_shm_stream_t *s)
 {
     ngx_http_shm_chunk_t  *chunk, *next;
 
+    ngx_http_shm_stream_unlend(s);
+
     for (chunk = s->in; chunk; chunk = next) {
         next = chunk->next;
         ngx_http_shm_chunk_free(s->smcf, chunk);
@@ -2701,6 +2826,63 @@ ngx_http_shm_stream_free_chunks(ngx_http_shm_stream_t *s)
     s->in = NULL;
     s->in_last = &s->in;
     s->in_bytes = 0;
+}
+
+
+/*
+ * The pipe may hold slices of the stream's first chunk: that chunk goes
+ * to the request's lent list, the rest stays with the stream.
+ */
+
+static void
+ngx_http_shm_stream_unlend(ngx_http_shm_stream_t *s)
+{
+    ngx_http_shm_lent_t   *lent;
+    ngx_http_shm_chunk_t  *chunk;
+
+    lent = s->lent;
+
+    if (lent == NULL) {
+        return;
+    }
+
+    chunk = s->in;
+
+    if (chunk && chunk->refs) {
+        s->in = chunk->next;
+
+        if (s->in == NULL) {
+            s->in_last = &s->in;
+        }
+
+        s->in_bytes -= chunk->len - chunk->pos;
+
+        chunk->next = lent->chunks;
+        lent->chunks = chunk;
+    }
+
+    lent->stream = NULL;
+    s->lent = NULL;
+}
+
+
+static void
+ngx_http_shm_lent_cleanup(void *data)
+{
+    ngx_http_shm_lent_t  *lent = data;
+
+    ngx_http_shm_chunk_t  *chunk, *next;
+
+    if (lent->stream) {
+        ngx_http_shm_stream_unlend(lent->stream);
+    }
+
+    for (chunk = lent->chunks; chunk; chunk = next) {
+        next = chunk->next;
+        ngx_http_shm_chunk_free(lent->smcf, chunk);
+    }
+
+    lent->chunks = NULL;
 }
 
 
@@ -2744,6 +2926,7 @@ ngx_http_shm_chunk_alloc(ngx_http_shm_main_conf_t *smcf, uint32_t len,
 
         chunk->cls = 0;
         chunk->cap = len;
+        chunk->refs = 0;
         return chunk;
     }
 
@@ -2766,6 +2949,7 @@ ngx_http_shm_chunk_alloc(ngx_http_shm_main_conf_t *smcf, uint32_t len,
 
     chunk->cls = cls;
     chunk->cap = ((size_t) 1 << cls) - offsetof(ngx_http_shm_chunk_t, data);
+    chunk->refs = 0;
 
     return chunk;
 }
@@ -2794,23 +2978,23 @@ ngx_http_shm_chunk_free(ngx_http_shm_main_conf_t *smcf,
 
 /* the virtual connection */
 
+/*
+ * The bytes waiting; or, if none, what recv() returns (0 at the end,
+ * NGX_AGAIN, NGX_ERROR) with the read event set as ngx_unix_recv()
+ * leaves it: no "ready" after an error or EOF, else the non-buffered
+ * loop of the upstream code calls us again and again.
+ */
+
 static ssize_t
-ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
+ngx_http_shm_recv_state(ngx_http_shm_stream_t *s)
 {
-    size_t                  n, k, body;
-    ngx_http_shm_chunk_t   *chunk;
-    ngx_http_shm_stream_t  *s;
+    ngx_event_t  *rev;
 
-    s = (ngx_http_shm_stream_t *) c;
-
-    /*
-     * as ngx_unix_recv(): no "ready" after an error or EOF, else the
-     * non-buffered loop of the upstream code calls us again and again
-     */
+    rev = s->c.read;
 
     if (s->destroyed || (s->failed && !s->in_end) || s->reset) {
-        c->read->error = 1;
-        c->read->ready = 0;
+        rev->error = 1;
+        rev->ready = 0;
         return NGX_ERROR;
     }
 
@@ -2818,13 +3002,57 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
 
     if (s->in_bytes == 0 || !s->head_done) {
         if (s->in_end) {
-            c->read->eof = 1;
-            c->read->ready = 0;
+            rev->eof = 1;
+            rev->ready = 0;
             return 0;
         }
 
-        c->read->ready = 0;
+        rev->ready = 0;
         return NGX_AGAIN;
+    }
+
+    return s->in_bytes;
+}
+
+
+/* n bytes, body of them, were taken: readiness, and credit to give */
+
+static void
+ngx_http_shm_recv_done(ngx_http_shm_stream_t *s, size_t n, size_t body)
+{
+    s->in_bytes -= n;
+
+    s->c.read->ready = (s->in_bytes || s->in_end);
+
+    if (body && !s->in_end && s->ch && !s->failed) {
+        s->unreported += body;
+
+        if (s->unreported >= s->ch->window / 2
+            || (s->in_bytes == 0 && s->recv_window == 0))
+        {
+            if (ngx_http_shm_stream_ctl(s) == NGX_OK && s->ch) {
+                ngx_http_shm_channel_signal(s->ch);
+                (void) ngx_http_shm_channel_settle(s->ch);
+            }
+        }
+    }
+}
+
+
+static ssize_t
+ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
+{
+    size_t                  n, k, body;
+    ssize_t                 rc;
+    ngx_http_shm_chunk_t   *chunk;
+    ngx_http_shm_stream_t  *s;
+
+    s = (ngx_http_shm_stream_t *) c;
+
+    rc = ngx_http_shm_recv_state(s);
+
+    if (rc <= 0) {
+        return rc;
     }
 
     n = 0;
@@ -2850,33 +3078,116 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
                 s->in_last = &s->in;
             }
 
-            ngx_http_shm_chunk_free(s->smcf, chunk);
-        }
-    }
+            if (chunk->refs == 0) {
+                ngx_http_shm_chunk_free(s->smcf, chunk);
 
-    s->in_bytes -= n;
-
-    if (s->in_bytes == 0 && !s->in_end) {
-        c->read->ready = 0;
-
-    } else {
-        c->read->ready = 1;
-    }
-
-    if (body && !s->in_end && s->ch && !s->failed) {
-        s->unreported += body;
-
-        if (s->unreported >= s->ch->window / 2
-            || (s->in_bytes == 0 && s->recv_window == 0))
-        {
-            if (ngx_http_shm_stream_ctl(s) == NGX_OK && s->ch) {
-                ngx_http_shm_channel_signal(s->ch);
-                (void) ngx_http_shm_channel_settle(s->ch);
+            } else {
+                chunk->next = s->lent->chunks;
+                s->lent->chunks = chunk;
             }
         }
     }
 
+    ngx_http_shm_recv_done(s, n, body);
+
     return n;
+}
+
+
+/*
+ * A buffer the pipe gives back: if it holds one of our slices, the slice
+ * is released and the buffer is left without memory, NGX_OK; NGX_DECLINED
+ * for the pipe's own memory (the upstream buffer that held the head).
+ */
+
+static ngx_int_t
+ngx_http_shm_take_back(ngx_http_shm_stream_t *s, ngx_buf_t *b)
+{
+    ngx_http_shm_lent_t    *lent;
+    ngx_http_shm_chunk_t   *chunk, **prev;
+
+    if (b->start == NULL) {
+        return NGX_OK;
+    }
+
+    lent = s->lent;
+    chunk = s->in;
+
+    if (chunk && chunk->refs
+        && b->start >= chunk->data && b->start < chunk->data + chunk->len)
+    {
+        chunk->refs--;
+        goto done;
+    }
+
+    for (prev = &lent->chunks; *prev; prev = &chunk->next) {
+        chunk = *prev;
+
+        if (b->start >= chunk->data && b->start < chunk->data + chunk->len) {
+            if (--chunk->refs == 0) {
+                *prev = chunk->next;
+                ngx_http_shm_chunk_free(s->smcf, chunk);
+            }
+
+            goto done;
+        }
+    }
+
+    return NGX_DECLINED;
+
+done:
+
+    b->start = NULL;
+    b->pos = NULL;
+    b->last = NULL;
+    b->end = NULL;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Points a buffer without memory at the next slice of the first chunk,
+ * at most "size" bytes and the pipe's buffer size; the pipe advances
+ * b->last over it as over bytes read.
+ */
+
+static ssize_t
+ngx_http_shm_lend(ngx_http_shm_stream_t *s, ngx_buf_t *b, size_t size)
+{
+    size_t                 k;
+    ngx_http_shm_lent_t   *lent;
+    ngx_http_shm_chunk_t  *chunk;
+
+    lent = s->lent;
+    chunk = s->in;
+
+    k = ngx_min(size, chunk->len - chunk->pos);
+    k = ngx_min(k, lent->slice);
+
+    b->start = chunk->data + chunk->pos;
+    b->tag = (ngx_buf_tag_t) &ngx_http_shm_lend;
+    b->pos = b->start;
+    b->last = b->start;
+    b->end = b->start + k;
+
+    chunk->pos += k;
+    chunk->refs++;
+
+    if (chunk->pos == chunk->len) {
+        s->in = chunk->next;
+
+        if (s->in == NULL) {
+            s->in_last = &s->in;
+        }
+
+        chunk->next = lent->chunks;
+        lent->chunks = chunk;
+    }
+
+    ngx_http_shm_recv_done(s, k, chunk->body ? k : 0);
+
+    return k;
 }
 
 
@@ -2894,15 +3205,35 @@ ngx_http_shm_recv_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
     for ( /* void */ ; in; in = in->next) {
         b = in->buf;
 
-        /* fill b->last .. b->end; the caller advances b->last */
-
-        size = b->end - b->last;
-
-        if (limit && total + (off_t) size > limit) {
-            size = (size_t) (limit - total);
+        if (limit && total >= limit) {
+            break;
         }
 
-        if (size == 0 || (total && s->in_bytes == 0)) {
+        /* what is left is for the next call, an EOF or error too */
+
+        if (total && s->in_bytes == 0) {
+            break;
+        }
+
+        size = limit ? (size_t) (limit - total) : (size_t) -1;
+
+        if (s->lent && ngx_http_shm_take_back(s, b) == NGX_OK) {
+            n = ngx_http_shm_recv_state(s);
+
+            if (n <= 0) {
+                return total ? total : n;
+            }
+
+            total += ngx_http_shm_lend(s, b, size);
+
+            continue;
+        }
+
+        /* fill b->last .. b->end; the caller advances b->last */
+
+        size = ngx_min(size, (size_t) (b->end - b->last));
+
+        if (size == 0) {
             break;
         }
 
