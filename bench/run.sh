@@ -17,12 +17,16 @@
 #   BUFFERS=         "N SIZE": proxy_buffers, fastcgi_buffers,
 #                    uwsgi_buffers and shm_buffers for every contender
 #                    (default: nginx's, 8 4k|8k)
+#   BUSY=            SIZE: the *_busy_buffers_size of every contender
+#                    (default: each module's)
 #   WRK_THREADS=1    wrk threads (at most the concurrency)
 #   SHM_THREADS=1    libngxshm sidecar loop threads
 #   IDLE=5           seconds of the idle wake-up count
 #   PORT_BASE=38470  the contenders listen on PORT_BASE+1 ... +5
 #   OUT=latest       results basename in bench/results (QUICK: quick)
 #   NGINX=/usr/sbin/nginx
+#   SHM_CONF=        more directives for the shm_pass location only, e.g.
+#                    "shm_busy_buffers_size 16k;" (reported with results)
 #   PERF_DIR=        if set, "perf record -g" the front worker(s) and the
 #                    backend during each run, into PERF_DIR/*.data
 #
@@ -60,6 +64,7 @@ fi
 
 WORKERS=${WORKERS:-1}
 PERF_DIR=${PERF_DIR:-}
+SHM_CONF=${SHM_CONF:-}
 [ -z "$PERF_DIR" ] || mkdir -p "$PERF_DIR"
 WRK_THREADS=${WRK_THREADS:-1}
 SHM_THREADS=${SHM_THREADS:-1}
@@ -68,6 +73,7 @@ PORT_BASE=${PORT_BASE:-38470}
 NGINX=${NGINX:-/usr/sbin/nginx}
 CONTENDERS=${CONTENDERS:-return shm proxy fastcgi uwsgi}
 BUFFERS=${BUFFERS:-}
+BUSY=${BUSY:-}
 
 CLK_TCK=$(getconf CLK_TCK)
 T0=$(date +%s)
@@ -353,10 +359,13 @@ user=""
 fill() {
     local b=""
 
-    [ -n "$BUFFERS" ] && b="_buffers $BUFFERS;"
-    sed -e "s|@BUFFERS_SHM@|${b:+shm$b}|" -e "s|@BUFFERS_PROXY@|${b:+proxy$b}|" \
-        -e "s|@BUFFERS_FASTCGI@|${b:+fastcgi$b}|" \
-        -e "s|@BUFFERS_UWSGI@|${b:+uwsgi$b}|" \
+    # "@" stands for each module's prefix
+    [ -n "$BUFFERS" ] && b="@_buffers $BUFFERS;"
+    [ -n "$BUSY" ] && b="$b @_busy_buffers_size $BUSY;"
+    sed -e "s|@BUFFERS_SHM@|${b//@/shm} $SHM_CONF|" \
+        -e "s|@BUFFERS_PROXY@|${b//@/proxy}|" \
+        -e "s|@BUFFERS_FASTCGI@|${b//@/fastcgi}|" \
+        -e "s|@BUFFERS_UWSGI@|${b//@/uwsgi}|" \
         -e "s|@BUILD@|$build|g" -e "s|@RUN@|$R|g" -e "s|@USER@|$user|g" \
         -e "s|@WORKERS@|$WORKERS|g" \
         -e "s|@PORT_RETURN@|$(port_of return)|g" \
@@ -730,7 +739,8 @@ elapsed=$(( $(date +%s) - T0 ))
     echo "Source: $src_rev (module built $mod_time, library built $lib_time)."
     echo "Front nginx: $WORKERS worker(s); wrk: $WRK_THREADS thread(s);" \
          "shm sidecar: $SHM_THREADS thread(s);" \
-         "response buffers: ${BUFFERS:-nginx defaults (8 4k)}; $DURATION s per run," \
+         "response buffers: ${BUFFERS:-defaults, 8 4k}, busy ${BUSY:-defaults}${SHM_CONF:+; shm_pass also: $SHM_CONF};" \
+         "$DURATION s per run," \
          "$ROUNDS round(s) per cell (contenders alternated, median shown);" \
          "run took $((elapsed / 60)) min $((elapsed % 60)) s."
     echo "Error log: $errlines error/alert line(s), $warnlines warning(s)" \

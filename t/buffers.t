@@ -15,6 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Digest::MD5 qw(md5_hex);
 use IO::Select;
+use List::Util qw(max);
 use Time::HiRes qw(time sleep);
 use ShmTest;
 
@@ -70,6 +71,12 @@ http {
             limit_rate 4m;
         }
 
+        location /writes/ {
+            shm_pass unix:%%TESTDIR%%/echo.sock;
+            shm_buffers 8 4k;
+            error_log %%TESTDIR%%/writes.log debug;
+        }
+
         location /seg/ {
             shm_pass unix:%%TESTDIR%%/echo.sock;
             shm_segment_size 64k;
@@ -85,7 +92,7 @@ my @sizes = (0, 1, 1023, 1024, 1025, 4095, 4096, 4097, 65535, 65536,
              65537, 300001);
 my @chunks = (1, 7, 64);
 
-$t->plan(@loc * 3 + 4 * 3 + 2);
+$t->plan(@loc * 3 + 4 * 3 + 3);
 $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run();
 
@@ -220,6 +227,18 @@ my $el = time() - $t0;
 ok(defined $st && $st == 200 && md5_hex($b) eq md5_hex(pattern(6 * $MiB)),
    'rate: 6 MiB byte-exact');
 cmp_ok($el, '>', 0.9, 'rate: limit_rate holds (6 MiB at 4m/s)');
+
+# the default shm_busy_buffers_size lets one write to the client carry
+# all the buffers but two (24k of 8 4k), where proxy_pass's carries two
+
+($st, $h, $b) = parse_response(http_get($p, '/writes/1m',
+    'X-Echo-Size' => $MiB, { timeout => 20 }));
+my @w = $t->read_file('writes.log') =~ /writev: (\d+) of/g;
+my $max = max(0, @w);
+ok(defined $st && $st == 200 && $b eq pattern($MiB)
+   && $max > 16384 && $max <= 24 * 1024 + 512,
+   "default busy size: writes to the client up to 24k (largest $max, "
+   . @w . ' writes)');
 
 $t->done();
 

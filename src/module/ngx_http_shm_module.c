@@ -3649,7 +3649,18 @@ ngx_http_shm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_CONF_UNSET_SIZE);
 
     if (conf->upstream.busy_buffers_size_conf == NGX_CONF_UNSET_SIZE) {
-        conf->upstream.busy_buffers_size = 2 * size;
+
+        /*
+         * All buffers but two, where proxy_pass has two: the busy limit
+         * is how much one write to the client may carry, and the fewer
+         * the writes, the less a response costs.  Our buffers are slices
+         * of the body as it arrived (see ngx_http_shm_recv_chain()), so
+         * this costs no memory beyond shm_buffers.
+         */
+
+        conf->upstream.busy_buffers_size =
+                          ngx_max(2 * size, (conf->upstream.bufs.num - 2)
+                                            * conf->upstream.bufs.size);
     } else {
         conf->upstream.busy_buffers_size =
                                          conf->upstream.busy_buffers_size_conf;
