@@ -116,7 +116,11 @@ is($reloads, 5, 'five reloads under load');
 note(sprintf('new workers up %.3f .. %.3f s after SIGHUP',
              (sort { $a <=> $b } @replace)[0, -1]));
 
-my $bound = 8 * $reloads;
+# a reload closes each keepalive connection once, and a connection made
+# again at that moment may land on an old worker just before it stops
+# accepting and be closed once more: nginx itself (return 200) has been
+# seen at 43 for 40 connections and reloads
+my $bound = 2 * 8 * $reloads;
 
 for my $loc ('shm', 'plain') {
     my $r = $res{$loc};
@@ -127,7 +131,7 @@ for my $loc ('shm', 'plain') {
     is(join(' ', map { $r->{$_} // 'none' } qw(connect write timeout)),
        '0 0 0', "$label: no connect, write or timeout errors");
     cmp_ok($r->{read} // 999, '<=', $bound,
-           "$label: read errors within one per connection and reload");
+           "$label: read errors within two per connection and reload");
 }
 
 # when wrk stops it closes its connections, requests in flight with them

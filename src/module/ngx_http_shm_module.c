@@ -1119,6 +1119,12 @@ ngx_http_shm_input_filter_init(void *data)
         return NGX_OK;
     }
 
+    /* the whole body is in the head's buffer already: nothing to lend */
+
+    if (s->in_end && s->in_bytes == 0) {
+        return NGX_OK;
+    }
+
     cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_shm_lent_t));
     if (cln == NULL) {
         return NGX_ERROR;
