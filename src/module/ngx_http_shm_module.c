@@ -3206,6 +3206,19 @@ ngx_http_shm_recv_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
     ngx_http_shm_stream_t  *s;
 
     s = (ngx_http_shm_stream_t *) c;
+
+    /*
+     * nothing to read, the end or an error first: the pipe's buffers may
+     * be without memory (lent ones given back), and reading none into
+     * them must not look like the end of the response
+     */
+
+    n = ngx_http_shm_recv_state(s);
+
+    if (n <= 0) {
+        return n;
+    }
+
     total = 0;
 
     for ( /* void */ ; in; in = in->next) {
