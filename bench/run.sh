@@ -629,15 +629,18 @@ log "$ncells cells x $nc contenders x $ROUNDS rounds x $DURATION s" \
     "= about $((ncells * nc * ROUNDS * DURATION / 60 + 1)) min of runs"
 
 for w in $WORKLOADS; do
-    # warm up each contender on this workload (connections, caches);
-    # QUICK relies on the checks above for that
-    if [ -z "$QUICK" ]; then
-        for c in $CONTENDERS; do
-            one_run "$c" "$w" 16 warm 1
-        done
-    fi
-
     for conc in $CONCURRENCY; do
+        # warm up each contender on this workload at this concurrency
+        # (connections, caches, every side's memory for that many
+        # requests at once): without it the first round of a higher
+        # concurrency ran measurably slower than the next, for everyone;
+        # make bench-quick (one round) keeps to its minute without it
+        if [ -z "$QUICK" ] || [ "$ROUNDS" -gt 1 ]; then
+            for c in $CONTENDERS; do
+                one_run "$c" "$w" "$conc" warm 1
+            done
+        fi
+
         for round in $(seq 1 "$ROUNDS"); do
             for c in $CONTENDERS; do
                 one_run "$c" "$w" "$conc" "$round" "$DURATION"
