@@ -241,13 +241,3 @@ ok(defined $st && $st == 200 && $b eq pattern($MiB)
    . @w . ' writes)');
 
 $t->done();
-
-
-# the echo's X-Echo-Size body: 'a' .. 'z' repeating
-sub pattern {
-    my ($n) = @_;
-
-    my $az = join '', 'a' .. 'z';
-
-    return substr($az x (int($n / 26) + 1), 0, $n);
-}

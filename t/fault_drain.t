@@ -189,13 +189,3 @@ ok(wait_until(sub { !grep { fds($_)->{total} > $wfd0{$_} } @workers }, 5),
 $echo = $t->run_sidecar('ngxshm-echo', $sock);
 ($st, $h, $body) = parse_response(http_post($p, '/new', 'new'));
 is("$st $body", '200 new', 'a new sidecar: served');
-
-
-# the echo's X-Echo-Size body: 'a' .. 'z' repeating
-sub pattern {
-    my ($n) = @_;
-
-    my $az = join '', 'a' .. 'z';
-
-    return substr($az x (int($n / 26) + 1), 0, $n);
-}

@@ -287,13 +287,3 @@ is("$f->{eventfd} " . ($f->{pipe} - $pipes0) . " $f->{memfd}", "2 1 0",
 
 is(join(' ', sysv_segments($t->nginx_pid(), $worker, $echo->{pid})), '',
    'no System V segments');
-
-
-# the echo's X-Echo-Size body: 'a' .. 'z' repeating
-sub pattern {
-    my ($n) = @_;
-
-    my $az = join '', 'a' .. 'z';
-
-    return substr($az x (int($n / 26) + 1), 0, $n);
-}

@@ -178,13 +178,3 @@ sub get {
            . "X-Echo-Size: $size\r\n"
            . ($pace ? "X-Echo-Pace-Ms: $pace\r\n" : '') . "\r\n";
 }
-
-
-# the echo's X-Echo-Size body: 'a' .. 'z' repeating
-sub pattern {
-    my ($n) = @_;
-
-    my $az = join '', 'a' .. 'z';
-
-    return substr($az x (int($n / 26) + 1), 0, $n);
-}

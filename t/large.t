@@ -159,13 +159,3 @@ sub slow_client {
        "$label: slow response byte-exact");
     cmp_ok(time() - $t0, '<', 40, "$label: slow response within 40 s");
 }
-
-
-# the echo's X-Echo-Size body: 'a' .. 'z' repeating
-sub pattern {
-    my ($n) = @_;
-
-    my $az = join '', 'a' .. 'z';
-
-    return substr($az x (int($n / 26) + 1), 0, $n);
-}

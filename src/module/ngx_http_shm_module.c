@@ -268,6 +268,7 @@ static void ngx_http_shm_stream_reap(ngx_http_shm_main_conf_t *smcf,
 static void ngx_http_shm_stream_release(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_free_chunks(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_unlend(ngx_http_shm_stream_t *s);
+static void ngx_http_shm_stream_shift(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_lent_cleanup(void *data);
 static ngx_int_t ngx_http_shm_stream_ctl(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_reaper(ngx_event_t *ev);
@@ -2855,20 +2856,39 @@ ngx_http_shm_stream_unlend(ngx_http_shm_stream_t *s)
     chunk = s->in;
 
     if (chunk && chunk->refs) {
-        s->in = chunk->next;
-
-        if (s->in == NULL) {
-            s->in_last = &s->in;
-        }
-
         s->in_bytes -= chunk->len - chunk->pos;
-
-        chunk->next = lent->chunks;
-        lent->chunks = chunk;
+        ngx_http_shm_stream_shift(s);
     }
 
     lent->stream = NULL;
     s->lent = NULL;
+}
+
+
+/*
+ * The stream's first chunk is done with: freed, or kept on the request's
+ * lent list while the pipe still holds slices of it.
+ */
+
+static void
+ngx_http_shm_stream_shift(ngx_http_shm_stream_t *s)
+{
+    ngx_http_shm_chunk_t  *chunk;
+
+    chunk = s->in;
+    s->in = chunk->next;
+
+    if (s->in == NULL) {
+        s->in_last = &s->in;
+    }
+
+    if (chunk->refs == 0) {
+        ngx_http_shm_chunk_free(s->smcf, chunk);
+        return;
+    }
+
+    chunk->next = s->lent->chunks;
+    s->lent->chunks = chunk;
 }
 
 
@@ -3078,19 +3098,7 @@ ngx_http_shm_recv(ngx_connection_t *c, u_char *buf, size_t size)
         }
 
         if (chunk->pos == chunk->len) {
-            s->in = chunk->next;
-
-            if (s->in == NULL) {
-                s->in_last = &s->in;
-            }
-
-            if (chunk->refs == 0) {
-                ngx_http_shm_chunk_free(s->smcf, chunk);
-
-            } else {
-                chunk->next = s->lent->chunks;
-                s->lent->chunks = chunk;
-            }
+            ngx_http_shm_stream_shift(s);
         }
     }
 
@@ -3161,7 +3169,7 @@ done:
 static ssize_t
 ngx_http_shm_lend(ngx_http_shm_stream_t *s, ngx_buf_t *b, size_t size)
 {
-    size_t                 k;
+    size_t                 k, body;
     ngx_http_shm_lent_t   *lent;
     ngx_http_shm_chunk_t  *chunk;
 
@@ -3179,19 +3187,13 @@ ngx_http_shm_lend(ngx_http_shm_stream_t *s, ngx_buf_t *b, size_t size)
 
     chunk->pos += k;
     chunk->refs++;
+    body = chunk->body ? k : 0;
 
     if (chunk->pos == chunk->len) {
-        s->in = chunk->next;
-
-        if (s->in == NULL) {
-            s->in_last = &s->in;
-        }
-
-        chunk->next = lent->chunks;
-        lent->chunks = chunk;
+        ngx_http_shm_stream_shift(s);
     }
 
-    ngx_http_shm_recv_done(s, k, chunk->body ? k : 0);
+    ngx_http_shm_recv_done(s, k, body);
 
     return k;
 }

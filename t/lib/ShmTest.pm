@@ -82,7 +82,7 @@ use Time::HiRes qw(sleep time);
 
 our @EXPORT = qw(port http http_get http_head http_post http_end
     http_read_response parse_response header_value header_values
-    proc_rss_kb proc_cpu_ticks);
+    proc_rss_kb proc_cpu_ticks pattern);
 
 our $TIMEOUT = 10;          # seconds; every wait is bounded by it
 
@@ -1222,6 +1222,16 @@ sub header_values {
     my ($headers, $name) = @_;
 
     return map { $_->[1] } grep { lc $_->[0] eq lc $name } @$headers;
+}
+
+
+# the echo's X-Echo-Size body: 'a' .. 'z' repeating
+sub pattern {
+    my ($n) = @_;
+
+    my $az = join '', 'a' .. 'z';
+
+    return substr($az x (int($n / 26) + 1), 0, $n);
 }
 
 
