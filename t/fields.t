@@ -11,9 +11,19 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Socket::INET;
+use IO::Socket::IP;
+use IO::Socket::UNIX;
 use ShmTest;
 
-my $t = ShmTest->new()->write_config(<<'EOF');
+# the server fields of a listen socket bound to an IPv6 address and of one
+# on a UNIX socket (others are bound to 127.0.0.1)
+
+my $v6 = IO::Socket::IP->new(LocalHost => '::1', LocalPort => 0,
+                             Proto => 'tcp', Listen => 1);
+my $v6listen = $v6 ? 'listen [::1]:%%PORT_2%%;' : '';
+undef $v6;
+
+my $t = ShmTest->new()->write_config(<<'EOF' =~ s/%%V6LISTEN%%/$v6listen/r);
 events {}
 
 http {
@@ -52,10 +62,20 @@ http {
             shm_pass unix:%%TESTDIR%%/echo.sock;
         }
     }
+
+    server {
+        %%V6LISTEN%%
+        listen unix:%%TESTDIR%%/front.sock;
+        server_name local.example;
+
+        location / {
+            shm_pass unix:%%TESTDIR%%/echo.sock;
+        }
+    }
 }
 EOF
 
-$t->plan(28);
+$t->plan(34);
 $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run();
 
@@ -119,6 +139,29 @@ is("$d->{fields}{method} $d->{fields}{protocol} $d->{fields}{query}",
 
 $d = dump_of(http_get(port(1), '/', 'X-Echo-Headers' => 1));
 is($d->{fields}{server_name}, 'other.example', 'field server_name other');
+
+my $us = IO::Socket::UNIX->new(Peer => $t->testdir() . '/front.sock');
+$d = dump_of(http(undef, "GET / HTTP/1.0\r\nX-Echo-Headers: 1\r\n\r\n",
+                  socket => $us));
+is($d->{fields}{server_addr}, 'unix:' . $t->testdir() . '/front.sock',
+   'field server_addr, unix socket');
+is($d->{fields}{server_port}, '0', 'field server_port, unix socket');
+is($d->{fields}{remote_addr}, 'unix:', 'field remote_addr, unix socket');
+
+SKIP: {
+    skip 'no IPv6 on the loopback', 3 unless $v6listen;
+
+    my $s6 = IO::Socket::IP->new(PeerHost => '::1', PeerPort => port(2),
+                                 Proto => 'tcp');
+    my $lport = $s6 ? $s6->sockport() : -1;
+    $d = dump_of(http(undef,
+                      "GET / HTTP/1.0\r\nX-Echo-Headers: 1\r\n\r\n",
+                      socket => $s6));
+    is($d->{fields}{server_addr}, '::1', 'field server_addr, ipv6');
+    is($d->{fields}{server_port}, port(2), 'field server_port, ipv6');
+    is("$d->{fields}{remote_addr} $d->{fields}{remote_port}", "::1 $lport",
+       'field remote_addr and remote_port, ipv6');
+}
 
 # headers: the client's order, duplicates kept, names as sent
 

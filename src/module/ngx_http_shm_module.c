@@ -29,12 +29,12 @@
 #define NGX_HTTP_SHM_MAX_STREAMS       4096
 
 /*
- * frame copies: small ones from malloc(), larger ones in power-of-two
- * classes kept on a per-worker free list (up to CHUNK_CACHE bytes), so
- * that streaming large bodies does not grow and trim the heap, faulting
- * pages in, for every frame
+ * frame copies: in power-of-two classes from 256 bytes up, kept on a
+ * per-worker free list (up to CHUNK_CACHE bytes), so that neither a small
+ * response (a head and a body chunk) nor streaming a large body goes to
+ * malloc() and free() for every frame
  */
-#define NGX_HTTP_SHM_CHUNK_SMALL       2048
+#define NGX_HTTP_SHM_CHUNK_MIN_CLASS   8
 #define NGX_HTTP_SHM_CHUNK_MIN_BODY    256     /* small body frames share */
 #define NGX_HTTP_SHM_CHUNK_CLASSES     32
 #define NGX_HTTP_SHM_CHUNK_CACHE       (4 * 1024 * 1024)
@@ -90,7 +90,7 @@ struct ngx_http_shm_chunk_s {
     uint32_t                       cap;          /* bytes data[] holds */
     uint32_t                       refs;         /* slices lent out */
     unsigned                       body:1;
-    unsigned                       cls:5;        /* 0: plain malloc() */
+    unsigned                       cls:5;        /* 1 << cls bytes */
     u_char                         data[1];
 };
 
@@ -112,6 +112,7 @@ struct ngx_http_shm_stream_s {
     ngx_connection_t               c;            /* first: c == stream */
     ngx_event_t                    rev;
     ngx_event_t                    wev;
+    ngx_event_t                    start;        /* sends the request */
 
     ngx_queue_t                    queue;        /* free list, limbo */
     ngx_queue_t                    wait;         /* channel's wait_space */
@@ -219,6 +220,9 @@ typedef struct {
 
 static ngx_int_t ngx_http_shm_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shm_create_request(ngx_http_request_t *r);
+static ngx_int_t ngx_http_shm_server_addr(ngx_connection_t *c,
+    ngx_str_t *value, u_char *buf);
+static u_char *ngx_http_shm_port_text(u_char *p, struct sockaddr *sa);
 static ngx_int_t ngx_http_shm_reinit_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shm_process_header(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shm_input_filter_init(void *data);
@@ -259,6 +263,7 @@ static void ngx_http_shm_channel_close(ngx_http_shm_channel_t *ch);
 static ngx_http_shm_stream_t *ngx_http_shm_stream_open(
     ngx_http_shm_channel_t *ch, ngx_http_request_t *r,
     ngx_peer_connection_t *pc);
+static void ngx_http_shm_stream_start(ngx_event_t *ev);
 static void ngx_http_shm_stream_wake(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_unslot(ngx_http_shm_stream_t *s);
 static void ngx_http_shm_stream_fail(ngx_http_shm_stream_t *s,
@@ -709,30 +714,18 @@ ngx_http_shm_create_request(ngx_http_request_t *r)
     }
 
     value.data = port;
-    value.len = ngx_sprintf(port, "%ui",
-                            (ngx_uint_t) ngx_inet_get_port(
-                                r->connection->sockaddr))
-                - port;
+    value.len = ngx_http_shm_port_text(port, r->connection->sockaddr) - port;
     ngx_http_shm_field(NGXSHM_FIELD_REMOTE_PORT, value);
 
-    value.data = addr;
-    value.len = NGX_SOCKADDR_STRLEN;
-
-    if (ngx_connection_local_sockaddr(r->connection, &value, 0) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    value.data = ngx_pstrdup(r->pool, &value);
-    if (value.data == NULL) {
+    if (ngx_http_shm_server_addr(r->connection, &value, addr) != NGX_OK) {
         return NGX_ERROR;
     }
 
     ngx_http_shm_field(NGXSHM_FIELD_SERVER_ADDR, value);
 
     value.data = port + sizeof("65535") - 1;
-    value.len = ngx_sprintf(value.data, "%ui",
-                            (ngx_uint_t) ngx_inet_get_port(
-                                r->connection->local_sockaddr))
+    value.len = ngx_http_shm_port_text(value.data,
+                                       r->connection->local_sockaddr)
                 - value.data;
     ngx_http_shm_field(NGXSHM_FIELD_SERVER_PORT, value);
     ngx_http_shm_field(NGXSHM_FIELD_SERVER_NAME, cscf->server_name);
@@ -908,6 +901,79 @@ ngx_http_shm_create_request(ngx_http_request_t *r)
                    size, body_len, nfields);
 
     return NGX_OK;
+}
+
+
+/*
+ * SERVER_ADDR as $server_addr has it.  A connection accepted on a listen
+ * socket bound to one address has that socket's sockaddr as its local
+ * one, and the socket's text ("127.0.0.1:80", "[::1]:80") already says
+ * it; others (wildcard listens, found with getsockname() once per
+ * connection) are printed into buf, which must outlive the request head.
+ */
+
+static ngx_int_t
+ngx_http_shm_server_addr(ngx_connection_t *c, ngx_str_t *value, u_char *buf)
+{
+    u_char           *p, *last;
+    ngx_listening_t  *ls;
+
+    ls = c->listening;
+
+    if (ls != NULL
+        && c->local_sockaddr == ls->sockaddr
+        && (ls->sockaddr->sa_family == AF_INET
+#if (NGX_HAVE_INET6)
+            || ls->sockaddr->sa_family == AF_INET6
+#endif
+           ))
+    {
+        p = ls->addr_text.data;
+        last = p + ls->addr_text.len;
+
+        while (last > p && last[-1] != ':') {
+            last--;
+        }
+
+        if (last > p + 1) {
+            last--;
+
+            if (*p == '[' && last[-1] == ']') {
+                p++;
+                last--;
+            }
+
+            value->data = p;
+            value->len = last - p;
+
+            return NGX_OK;
+        }
+    }
+
+    value->data = buf;
+    value->len = NGX_SOCKADDR_STRLEN;
+
+    return ngx_connection_local_sockaddr(c, value, 0);
+}
+
+
+/* a port in decimal, as "%ui" prints it */
+
+static u_char *
+ngx_http_shm_port_text(u_char *p, struct sockaddr *sa)
+{
+    u_char      digits[NGX_INT_T_LEN];
+    ngx_uint_t  port, n;
+
+    port = ngx_inet_get_port(sa);
+    n = sizeof(digits);
+
+    do {
+        digits[--n] = (u_char) ('0' + port % 10);
+        port /= 10;
+    } while (port);
+
+    return ngx_cpymem(p, digits + n, sizeof(digits) - n);
 }
 
 
@@ -1372,7 +1438,15 @@ ngx_http_shm_get_peer(ngx_peer_connection_t *pc, void *data)
 
     pc->connection = &s->c;
 
-    return NGX_DONE;
+    /*
+     * NGX_AGAIN, as for a connect() in progress: the upstream sets its
+     * handlers and a connect timer, and the request goes out from the
+     * posted s->start, later in this cycle (ngx_http_shm_stream_start())
+     */
+
+    ngx_post_event(&s->start, &ngx_posted_events);
+
+    return NGX_AGAIN;
 }
 
 
@@ -1406,6 +1480,10 @@ ngx_http_shm_free_peer(ngx_peer_connection_t *pc, void *data,
 
             if (c->write->posted) {
                 ngx_delete_posted_event(c->write);
+            }
+
+            if (s->start.posted) {
+                ngx_delete_posted_event(&s->start);
             }
 
             if (c->pool) {
@@ -2530,11 +2608,73 @@ ngx_http_shm_stream_open(ngx_http_shm_channel_t *ch, ngx_http_request_t *r,
     s->wev.write = 1;
     s->wev.ready = 1;
 
+    s->start.data = s;
+    s->start.handler = ngx_http_shm_stream_start;
+    s->start.log = pc->log;
+
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pc->log, 0,
                    "http shm stream %uD/%uD on %V", s->slot, s->gen,
                    &ch->name);
 
     return s;
+}
+
+
+/*
+ * The first write event of a stream.  ngx_http_upstream_send_request()
+ * asks a new connection for its SO_ERROR with getsockopt() before the
+ * first send (one system call per request; a stream has no connect() to
+ * check), and skips that once u->request_sent is set.  So the request
+ * bufs go to u->output.in here, as ngx_output_chain() would put them there
+ * (ngx_http_upstream_send_request_body() passes NULL once the request is
+ * marked sent), and the upstream's own write handler sends them: its
+ * errors, timers and retries stay the upstream's.  Request bodies are
+ * always buffered on shm_pass locations (no r->request_body_no_buffering,
+ * whose first send does more than this).
+ */
+
+static void
+ngx_http_shm_stream_start(ngx_event_t *ev)
+{
+    ngx_http_shm_stream_t  *s = ev->data;
+
+    ngx_chain_t          *cl, *ln, **ll;
+    ngx_http_request_t   *r;
+    ngx_http_upstream_t  *u;
+
+    r = s->request;
+    u = r->upstream;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->c.log, 0,
+                   "http shm stream %uD/%uD start", s->slot, s->gen);
+
+    if (!u->request_sent
+        && !r->request_body_no_buffering
+        && u->output.in == NULL
+        && u->output.busy == NULL)
+    {
+        ll = &u->output.in;
+
+        for (cl = u->request_bufs; cl; cl = cl->next) {
+            ln = ngx_alloc_chain_link(u->output.pool);
+            if (ln == NULL) {
+                /* leaves the first send to the upstream */
+                u->output.in = NULL;
+                goto send;
+            }
+
+            ln->buf = cl->buf;
+            *ll = ln;
+            ll = &ln->next;
+        }
+
+        *ll = NULL;
+        u->request_sent = 1;
+    }
+
+send:
+
+    s->wev.handler(&s->wev);
 }
 
 
@@ -2944,19 +3084,8 @@ ngx_http_shm_chunk_alloc(ngx_http_shm_main_conf_t *smcf, uint32_t len,
 
     size = offsetof(ngx_http_shm_chunk_t, data) + len;
 
-    if (len <= NGX_HTTP_SHM_CHUNK_SMALL) {
-        chunk = ngx_alloc(size, log);
-        if (chunk == NULL) {
-            return NULL;
-        }
-
-        chunk->cls = 0;
-        chunk->cap = len;
-        chunk->refs = 0;
-        return chunk;
-    }
-
-    for (cls = 12; ((size_t) 1 << cls) < size; cls++) {
+    for (cls = NGX_HTTP_SHM_CHUNK_MIN_CLASS; ((size_t) 1 << cls) < size; cls++)
+    {
         /* void */
     }
 
@@ -2989,9 +3118,7 @@ ngx_http_shm_chunk_free(ngx_http_shm_main_conf_t *smcf,
 
     size = (size_t) 1 << chunk->cls;
 
-    if (chunk->cls == 0
-        || smcf->chunks_cached + size > NGX_HTTP_SHM_CHUNK_CACHE)
-    {
+    if (smcf->chunks_cached + size > NGX_HTTP_SHM_CHUNK_CACHE) {
         ngx_free(chunk);
         return;
     }
@@ -4054,7 +4181,8 @@ ngx_http_shm_init_process(ngx_cycle_t *cycle)
 
     /*
      * virtual connections need a real socket in c->fd: the upstream
-     * code asks it for SO_ERROR; this one is never read or written
+     * code asks it for SO_ERROR if it sends a request not marked sent
+     * (see ngx_http_shm_stream_start()); this one is never read or written
      */
 
     if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) == -1) {
