@@ -13,7 +13,8 @@
  *                bodies streamed with ngxshm_response_write() within
  *                the stream's credit
  *   POST /echo   the request body, streamed back as it arrives, with the
- *                request's Content-Length as the response's
+ *                request's Content-Length as the response's; written
+ *                from the library's copy in place (ngxshm_request_peek())
  *
  * Build:   cc -O2 -Iinclude -o ngxshm-bench bench/sidecar.c \
  *              build/libngxshm.a -lpthread
@@ -32,7 +33,6 @@
 
 #define BENCH_MAX_BODY   (16 * 1024 * 1024)
 #define BENCH_ONE_SHOT   (16 * 1024)
-#define BENCH_ECHO_BUF   65536
 
 
 typedef struct {
@@ -40,10 +40,6 @@ typedef struct {
     size_t             size;      /* generated body: total */
     size_t             off;       /* generated body: sent */
     int                echo;
-    int                in_eof;
-    size_t             out_len;   /* echo: bytes in buf */
-    size_t             out_off;   /* echo: bytes of buf sent */
-    char               buf[];     /* echo only */
 } bench_req_t;
 
 
@@ -123,7 +119,8 @@ bench_done(bench_req_t *b, int ok)
 static void
 bench_pump(bench_req_t *b)
 {
-    ssize_t  n;
+    ssize_t      n;
+    const void  *data;
 
     for ( ;; ) {
         if (!b->echo) {
@@ -146,30 +143,21 @@ bench_pump(bench_req_t *b)
             continue;
         }
 
-        if (b->out_off < b->out_len) {
-            n = ngxshm_response_write(b->r, b->buf + b->out_off,
-                                      b->out_len - b->out_off);
-            if (n == -EAGAIN) {
-                return;
-            }
+        /* the echo writes from the body in place, consuming what went */
 
-            if (n < 0) {
-                bench_done(b, 0);
-                return;
-            }
-
-            b->out_off += n;
-            continue;
+        n = ngxshm_request_peek(b->r, &data);
+        if (n == -EAGAIN) {
+            return;                     /* NGXSHM_EV_READABLE follows */
         }
 
-        if (b->in_eof) {
-            bench_done(b, 1);
+        if (n <= 0) {
+            bench_done(b, n == 0);
             return;
         }
 
-        n = ngxshm_request_read(b->r, b->buf, BENCH_ECHO_BUF);
+        n = ngxshm_response_write(b->r, data, n);
         if (n == -EAGAIN) {
-            return;                     /* NGXSHM_EV_READABLE follows */
+            return;                     /* NGXSHM_EV_WRITABLE follows */
         }
 
         if (n < 0) {
@@ -177,13 +165,7 @@ bench_pump(bench_req_t *b)
             return;
         }
 
-        if (n == 0) {
-            b->in_eof = 1;
-            continue;
-        }
-
-        b->out_len = n;
-        b->out_off = 0;
+        (void) ngxshm_request_consume(b->r, n);
     }
 }
 
@@ -257,7 +239,7 @@ bench_handler(ngxshm_request_t *r, void *arg)
         return;
     }
 
-    b = malloc(sizeof(bench_req_t) + (echo ? BENCH_ECHO_BUF : 0));
+    b = malloc(sizeof(bench_req_t));
     if (b == NULL) {
         ngxshm_request_abort(r);
         return;

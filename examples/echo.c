@@ -2,10 +2,11 @@
  * Copyright (C) ngxshm authors
  *
  * ngxshm-echo: a sidecar that answers every request with what it got.
- * It shows the streaming side of libngxshm: the request body is read as
- * it arrives and written back as the response body within the credit,
- * driven by the event callback, so that bodies of any size pass through
- * 64 KiB of memory per request.  It also shows ngxshm_request_post()
+ * It shows the streaming side of libngxshm: the request body is taken as
+ * it arrives, in place (ngxshm_request_peek(), no copy of its own), and
+ * written back as the response body within the credit, driven by the
+ * event callback, so that bodies of any size pass through the library's
+ * window of memory per request.  It also shows ngxshm_request_post()
  * from a helper thread (delayed answers) and a graceful stop on signals.
  *
  * Build:   make examples          (build/examples/ngxshm-echo), or
@@ -352,13 +353,32 @@ echo_start(echo_t *e)
 static void
 echo_pump(echo_t *e)
 {
-    size_t   i, n;
-    ssize_t  rc;
+    size_t       i, n;
+    ssize_t      rc;
+    const void  *data;
 
     for ( ;; ) {
         if (e->out_off < e->out_len) {
-            rc = ngxshm_response_write(e->r, e->out + e->out_off,
-                                       e->out_len - e->out_off);
+
+            if (e->out == NULL) {
+                /* echoed in place: the chunk's rest is the body waiting */
+
+                rc = ngxshm_request_peek(e->r, &data);
+
+                if (rc < (ssize_t) (e->out_len - e->out_off)) {
+                    if (rc == -ECANCELED) {
+                        echo_log(e, "cancel");
+                    }
+
+                    echo_done(e, 0);
+                    return;
+                }
+
+            } else {
+                data = e->out + e->out_off;
+            }
+
+            rc = ngxshm_response_write(e->r, data, e->out_len - e->out_off);
             if (rc == -EAGAIN) {
                 return;         /* NGXSHM_EV_WRITABLE follows */
             }
@@ -370,6 +390,10 @@ echo_pump(echo_t *e)
 
                 echo_done(e, 0);
                 return;
+            }
+
+            if (e->out == NULL) {
+                (void) ngxshm_request_consume(e->r, rc);
             }
 
             e->out_off += rc;
@@ -393,7 +417,7 @@ echo_pump(echo_t *e)
                 return;
             }
 
-            rc = ngxshm_request_read(e->r, e->buf, sizeof(e->buf));
+            rc = ngxshm_request_peek(e->r, &data);
             if (rc == -EAGAIN) {
                 return;         /* NGXSHM_EV_READABLE follows */
             }
@@ -412,8 +436,10 @@ echo_pump(echo_t *e)
                 continue;
             }
 
-            e->out = e->buf;
-            e->out_len = rc;
+            /* chunks of at most ECHO_BUF, as the paced echo sends them */
+            e->out = NULL;
+            e->out_len = ((size_t) rc < sizeof(e->buf)) ? (size_t) rc
+                                                        : sizeof(e->buf);
             e->out_off = 0;
             break;
 

@@ -141,6 +141,16 @@ ngxshm_str_t ngxshm_request_param(const ngxshm_request_t *r,
  * if none has arrived yet (NGXSHM_EV_READABLE follows), -ECANCELED */
 ssize_t ngxshm_request_read(ngxshm_request_t *r, void *buf, size_t len);
 
+/* the body bytes that arrived and were not read yet, in place, without a
+ * copy: *data points at them, count > 0, or 0, -EAGAIN, -ECANCELED as
+ * ngxshm_request_read(); valid until ngxshm_request_consume() or the
+ * return to the library's loop */
+ssize_t ngxshm_request_peek(ngxshm_request_t *r, const void **data);
+
+/* n of the bytes ngxshm_request_peek() showed are read (their credit goes
+ * back to nginx); 0, -EINVAL if more than are waiting, -ECANCELED */
+int ngxshm_request_consume(ngxshm_request_t *r, size_t n);
+
 /* set the event callback (NULL to clear) */
 void ngxshm_request_set_callback(ngxshm_request_t *r, ngxshm_event_pt cb,
     void *arg);

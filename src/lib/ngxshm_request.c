@@ -898,6 +898,38 @@ ngxshm_request_param(const ngxshm_request_t *r, const char *name)
 }
 
 
+/* what reading the body gives while no bytes wait */
+
+static ssize_t
+ngxshm_req_body_wait(ngxshm_request_t *r)
+{
+    if (r->in_end) {
+        return 0;
+    }
+
+    if (!r->in_slot || r->ch->state != NGXSHM_CH_OPEN) {
+        return -ECANCELED;
+    }
+
+    return -EAGAIN;
+}
+
+
+/* n body bytes read: their credit goes back to nginx */
+
+static void
+ngxshm_req_body_done(ngxshm_request_t *r, size_t n)
+{
+    r->istart += (uint32_t) n;
+    r->ilen -= (uint32_t) n;
+    r->in_unrep += (uint32_t) n;
+
+    if (r->in_slot) {
+        ngxshm_req_credit(r);
+    }
+}
+
+
 NGXSHM_API ssize_t
 ngxshm_request_read(ngxshm_request_t *r, void *buf, size_t len)
 {
@@ -912,15 +944,7 @@ ngxshm_request_read(ngxshm_request_t *r, void *buf, size_t len)
     }
 
     if (r->ilen == 0) {
-        if (r->in_end) {
-            return 0;
-        }
-
-        if (!r->in_slot || r->ch->state != NGXSHM_CH_OPEN) {
-            return -ECANCELED;
-        }
-
-        return -EAGAIN;
+        return ngxshm_req_body_wait(r);
     }
 
     n = len < r->ilen ? len : r->ilen;
@@ -930,15 +954,55 @@ ngxshm_request_read(ngxshm_request_t *r, void *buf, size_t len)
     }
 
     memcpy(buf, r->ibuf + r->istart, n);
-    r->istart += (uint32_t) n;
-    r->ilen -= (uint32_t) n;
-    r->in_unrep += (uint32_t) n;
-
-    if (r->in_slot) {
-        ngxshm_req_credit(r);
-    }
+    ngxshm_req_body_done(r, n);
 
     return (ssize_t) n;
+}
+
+
+NGXSHM_API ssize_t
+ngxshm_request_peek(ngxshm_request_t *r, const void **data)
+{
+    if (r == NULL || data == NULL) {
+        return -EINVAL;
+    }
+
+    *data = NULL;
+
+    if (!r->app || r->cancelled) {
+        return -ECANCELED;
+    }
+
+    if (r->ilen == 0) {
+        return ngxshm_req_body_wait(r);
+    }
+
+    *data = r->ibuf + r->istart;
+
+    return (ssize_t) r->ilen;
+}
+
+
+NGXSHM_API int
+ngxshm_request_consume(ngxshm_request_t *r, size_t n)
+{
+    if (r == NULL) {
+        return -EINVAL;
+    }
+
+    if (!r->app || r->cancelled) {
+        return -ECANCELED;
+    }
+
+    if (n > r->ilen) {
+        return -EINVAL;
+    }
+
+    if (n != 0) {
+        ngxshm_req_body_done(r, n);
+    }
+
+    return 0;
 }
 
 

@@ -1438,10 +1438,21 @@ ngx_http_shm_get_peer(ngx_peer_connection_t *pc, void *data)
 
     pc->connection = &s->c;
 
+    if (s->send_total != (off_t) s->head_len) {
+        /*
+         * a request with a body is sent by the upstream at once; sent
+         * from s->start instead, the benchmark's 1 MiB POSTs at c=64 had
+         * a p99 about 1.6 times as long (not understood; see
+         * docs/performance.md)
+         */
+        return NGX_DONE;
+    }
+
     /*
-     * NGX_AGAIN, as for a connect() in progress: the upstream sets its
-     * handlers and a connect timer, and the request goes out from the
-     * posted s->start, later in this cycle (ngx_http_shm_stream_start())
+     * a request without a body: NGX_AGAIN, as for a connect() in
+     * progress; the upstream sets its handlers and a connect timer, and
+     * the request goes out from the posted s->start, later in this cycle
+     * (ngx_http_shm_stream_start())
      */
 
     ngx_post_event(&s->start, &ngx_posted_events);

@@ -730,10 +730,64 @@ static unsigned char  echo_buf[1000];
 static size_t         echo_len, echo_off;
 static int            echo_eof;
 
+/* "/peek": the echo writes from the bytes ngxshm_request_peek() shows */
+static int            echo_peek;
+static unsigned       echo_peek_bad;
+static const char    *t_echo_uri = "/echo";
+
+static void
+app_peek_pump(ngxshm_request_t *r)
+{
+    ssize_t      n, w;
+    const void  *data;
+
+    for ( ;; ) {
+        data = r;
+        n = ngxshm_request_peek(r, &data);
+
+        if (n == -EAGAIN || n == 0) {
+            echo_peek_bad += (data != NULL);
+
+            if (n == 0) {
+                ngxshm_response_end(r);
+            }
+
+            return;
+        }
+
+        if (n < 0) {
+            ngxshm_request_abort(r);
+            return;
+        }
+
+        echo_peek_bad += (ngxshm_request_consume(r, n + 1) != -EINVAL);
+        echo_peek_bad += (ngxshm_request_peek(r, NULL) != -EINVAL);
+
+        /* at most 777 bytes a write: the rest stays for the next peek */
+        w = ngxshm_response_write(r, data, n < 777 ? n : 777);
+        if (w == -EAGAIN) {
+            return;
+        }
+
+        if (w < 0) {
+            ngxshm_request_abort(r);
+            return;
+        }
+
+        echo_peek_bad += (ngxshm_request_consume(r, w) != 0);
+    }
+}
+
+
 static void
 app_echo_pump(ngxshm_request_t *r)
 {
     ssize_t  n;
+
+    if (echo_peek) {
+        app_peek_pump(r);
+        return;
+    }
 
     for ( ;; ) {
         if (echo_off < echo_len) {
@@ -826,7 +880,10 @@ app_handler(ngxshm_request_t *r, void *arg)
         memset(big, 'x', sizeof(big));
         ngxshm_respond(r, 200, NULL, 0, big, sizeof(big));
 
-    } else if (strcmp(uri.data, "/echo") == 0) {
+    } else if (strcmp(uri.data, "/echo") == 0
+               || strcmp(uri.data, "/peek") == 0)
+    {
+        echo_peek = (uri.data[1] == 'p');
         echo_len = 0;
         echo_off = 0;
         echo_eof = 0;
@@ -1028,7 +1085,7 @@ test_stream(uint32_t start, uint32_t ring, uint32_t frame, uint32_t win,
         body[i] = (unsigned char) (i * 7 + i / 251);
     }
 
-    blk_req(&b, "POST", "/echo");
+    blk_req(&b, "POST", t_echo_uri);
     send_head(&fk, 5, 7, &b, 0);
     t_gen = 7;
 
@@ -1861,7 +1918,7 @@ main(void)
     cfg.hello_ms = 300;
     cfg.threads = 2;
 
-    printf("1..79\n");
+    printf("1..92\n");
 
     ok(ngxshm_server_create(&t_srv, &cfg) == 0, "server created");
     ok(ngxshm_server_listen(t_srv, t_path) == 0, "listening");
@@ -1877,6 +1934,17 @@ main(void)
     test_stream(0, 4096, 1024, 1, 5000);
     test_stream(0xfffff000u, 4096, 1024, 4096, 300000);
     test_stream(0, 65536, 16384, 65536, 0);
+
+    /* the same echoes, written from the body in place */
+    t_echo_uri = "/peek";
+    echo_peek_bad = 0;
+    test_stream(0, 65536, 4096, 8192, 100000);
+    test_stream(0, 4096, 1024, 1, 5000);
+    test_stream(0xfffff000u, 4096, 1024, 4096, 300000);
+    test_stream(0, 65536, 16384, 65536, 0);
+    ok(echo_peek_bad == 0, "peek and consume: %u unexpected results",
+       echo_peek_bad);
+    t_echo_uri = "/echo";
     test_cancel();
     test_post();
     test_dispatch();
