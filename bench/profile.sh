@@ -25,7 +25,10 @@
 # wrk had in flight when it stopped, which the processes did serve.
 #
 # Environment:
-#   WORKLOADS="5B 64KiB"     (also 1KiB 1MiB)
+#   WORKLOADS="5B 64KiB"     (also 1KiB 1MiB POST1MiB; POST1MiB posts
+#                            1 MiB to /echo, which the shm sidecar and
+#                            the FastCGI responder echo and the static
+#                            contenders answer with the 1 MiB file)
 #   CONTENDERS="return shm proxy fastcgi"
 #   CG_CONC=8 CG_DURATION=3  callgrind runs: wrk connections, seconds
 #   CG_ROUNDS=3              callgrind runs per cell (median reported)
@@ -57,6 +60,7 @@ build=$top/build
 B=$build/bench
 R=$B/profile
 res=$top/bench/results
+post_lua=$top/bench/post.lua
 
 WORKLOADS=${WORKLOADS:-5B 64KiB}
 CONTENDERS=${CONTENDERS:-return shm proxy fastcgi}
@@ -123,8 +127,18 @@ workload_of() {
     1KiB)   echo "/1k 1024" ;;
     64KiB)  echo "/64k 65536" ;;
     1MiB)   echo "/1m 1048576" ;;
+    POST1MiB) echo "/echo 1048576" ;;
     *)      return 1 ;;
     esac
+}
+
+# wrk's POST script for a workload that posts (bench/run.sh's)
+WRK_SCRIPT=""
+
+set_wrk_script() {
+    WRK_SCRIPT=""
+    [ "$1" = POST1MiB ] && WRK_SCRIPT=$post_lua
+    return 0
 }
 
 
@@ -469,6 +483,18 @@ check() {
     local c=$1 w=$2 p bytes out
 
     read -r p bytes <<< "$(workload_of "$w")"
+    set_wrk_script "$w"
+    if [ "$w" = POST1MiB ]; then
+        head -c "$bytes" /dev/zero | tr '\0' x > "$R/post.body"
+        out=$(curl -sS -m 60 -o "$R/check.out" \
+              -w '%{http_code} %{size_download}' \
+              --data-binary @"$R/post.body" \
+              -H 'Content-Type: application/octet-stream' \
+              "http://127.0.0.1:$(port_of "$c")$p" 2>&1)
+        [ "$out" = "200 $bytes" ] ||
+            die "$c $w: got \"$out\", want \"200 $bytes\""
+        return 0
+    fi
     out=$(curl -sS -m 60 -o "$R/check.out" -w '%{http_code} %{size_download}' \
           "http://127.0.0.1:$(port_of "$c")$p" 2>&1)
     [ "$out" = "200 $bytes" ] ||
@@ -495,7 +521,7 @@ requests() {
 # wrk_run CONN SECONDS URL OUTFILE
 wrk_run() {
     timeout -k 5 $(($2 + 60)) wrk -t 1 -c "$1" -d "${2}s" --timeout 30s \
-        "$3" > "$4" 2>&1 &
+        ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$3" > "$4" 2>&1 &
     WRKPID=$!
     wait $WRKPID
     WRKPID=""
@@ -570,6 +596,7 @@ cg_run() {
 
     deadline
     read -r p bytes <<< "$(workload_of "$w")"
+    set_wrk_script "$w"
     url="http://127.0.0.1:$(port_of "$c")$p"
 
     wrk_run "$CG_CONC" "$WARM" "$url" "$R/wrk.out"
@@ -612,6 +639,7 @@ strace_run() {
 
     deadline
     read -r p bytes <<< "$(workload_of "$w")"
+    set_wrk_script "$w"
     url="http://127.0.0.1:$(port_of "$c")$p"
 
     wrk_run "$ST_CONC" "$WARM" "$url" "$R/wrk.out"
