@@ -14,6 +14,7 @@ use Test::More;
 use Digest::MD5 qw(md5_hex);
 use IO::Select;
 use Time::HiRes qw(time sleep);
+use POSIX ();
 use ShmTest;
 
 my $t = ShmTest->new()->write_config(<<'EOF');
@@ -54,7 +55,7 @@ EOF
 # the sanitizers' quarantine would otherwise count as growth
 $t->asan_options('quarantine_size_mb=16');
 
-$t->plan(23);
+$t->plan(24);
 my $echo = $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/echo.sock');
 $t->run_sidecar('ngxshm-echo', '%%TESTDIR%%/small.sock');
 $t->run();
@@ -86,6 +87,38 @@ ok($st == 200 && $b eq $mid, '8m echoed through a 64k segment');
     'X-Echo-Size' => 8 * $MiB, { timeout => 60 }));
 is(md5_hex($b), md5_hex(pattern(8 * $MiB)), '8m response through 64k');
 undef $mid;
+
+# 24 uploads of about 1 MiB at once through the 64k segment: most streams
+# wait for room in the ring at any time, and are woken only as many as
+# the free room takes; each body comes back whole, and its own
+
+my %kids;
+
+for my $i (1 .. 24) {
+    my $body = substr($block x 2, $i * 4099, $MiB - $i);
+
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+
+    if ($pid == 0) {
+        my ($s, undef, $r) = parse_response(http_post($p, "/small/up$i",
+                                                      $body,
+                                                      { timeout => 60 }));
+        POSIX::_exit(($s // 0) == 200 && defined $r && $r eq $body ? 0 : 1);
+    }
+
+    $kids{$pid} = $i;
+}
+
+my $whole = 0;
+
+# bounded: each child gives up after its 60 s timeout
+for my $pid (keys %kids) {
+    waitpid($pid, 0);
+    $whole++ if $? == 0;
+}
+
+is($whole, 24, '24 uploads at once through a 64k segment, each echoed whole');
 
 # a 64 MiB response read slowly: first 1 MiB, then nothing for 3 s while
 # other requests are served, then the rest at full speed; buffered by
