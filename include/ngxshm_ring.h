@@ -88,10 +88,37 @@ ngxshm_ring_init(ngxshm_ring_t *r, unsigned char *seg, int which,
  * The peer's head is checked: a head outside [old head, tail] is a
  * violation, reported through *bad.
  */
+/* ring bytes a frame with "len" bytes of payload occupies */
+static inline uint32_t
+ngxshm_frame_size(uint32_t len)
+{
+    return (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(len);
+}
+
+
+/* ring bytes a frame of "need" bytes (ngxshm_frame_size()) takes when
+ * written at index "pos" of a ring of "size" bytes holding "used": need,
+ * or need plus the padding to the end of the ring if it does not fit
+ * before it; 0 if it does not fit at all */
+static inline uint32_t
+ngxshm_ring_fit(uint32_t size, uint32_t pos, uint32_t used, uint32_t need)
+{
+    uint32_t  room;
+
+    room = size - (pos & (size - 1));
+
+    if (need > room) {
+        return (used + room + need > size) ? 0 : room + need;
+    }
+
+    return (used + need > size) ? 0 : need;
+}
+
+
 static inline ngxshm_frame_t *
 ngxshm_ring_reserve(ngxshm_ring_t *r, uint32_t len, int *bad)
 {
-    uint32_t         head, used, need, off, room;
+    uint32_t         head, used, need, take, off, room;
     ngxshm_frame_t  *f;
 
     head = ngxshm_load_acquire(&r->ctrl->head);
@@ -103,15 +130,18 @@ ngxshm_ring_reserve(ngxshm_ring_t *r, uint32_t len, int *bad)
 
     r->peer = head;
     used = r->pos - head;
-    need = (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(len);
-    off = r->pos & (r->size - 1);
-    room = r->size - off;
+    need = ngxshm_frame_size(len);
+    take = ngxshm_ring_fit(r->size, r->pos, used, need);
 
-    if (need > room) {
+    if (take == 0) {
+        return NULL;
+    }
+
+    off = r->pos & (r->size - 1);
+
+    if (take != need) {
         /* pad to the end, then start at offset 0 */
-        if (used + room + need > r->size) {
-            return NULL;
-        }
+        room = take - need;
 
         f = (ngxshm_frame_t *) (r->data + off);
         f->len = room - (uint32_t) sizeof(ngxshm_frame_t);
@@ -122,9 +152,6 @@ ngxshm_ring_reserve(ngxshm_ring_t *r, uint32_t len, int *bad)
         f->gen = 0;
         r->pos += room;
         off = 0;
-
-    } else if (used + need > r->size) {
-        return NULL;
     }
 
     return (ngxshm_frame_t *) (r->data + off);
@@ -138,7 +165,7 @@ ngxshm_ring_reserve(ngxshm_ring_t *r, uint32_t len, int *bad)
 static inline int
 ngxshm_ring_commit(ngxshm_ring_t *r, uint32_t len)
 {
-    r->pos += (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(len);
+    r->pos += ngxshm_frame_size(len);
     ngxshm_store_release(&r->ctrl->tail, r->pos);
     ngxshm_full_fence();
 
@@ -212,7 +239,7 @@ ngxshm_ring_peek(ngxshm_ring_t *r, ngxshm_frame_t *f, const char **bad)
             return NULL;
         }
 
-        size = (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(f->len);
+        size = ngxshm_frame_size(f->len);
 
         if (size > room || size > avail) {
             *bad = "frame crosses ring end or tail";
@@ -233,7 +260,7 @@ ngxshm_ring_peek(ngxshm_ring_t *r, ngxshm_frame_t *f, const char **bad)
 static inline void
 ngxshm_ring_consume(ngxshm_ring_t *r, const ngxshm_frame_t *f)
 {
-    r->pos += (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align(f->len);
+    r->pos += ngxshm_frame_size(f->len);
     ngxshm_store_release(&r->ctrl->head, r->pos);
 }
 

@@ -898,11 +898,20 @@ ngxshm_request_param(const ngxshm_request_t *r, const char *name)
 }
 
 
-/* what reading the body gives while no bytes wait */
+/* the body bytes waiting to be read, and how many; 0 at the end */
 
 static ssize_t
-ngxshm_req_body_wait(ngxshm_request_t *r)
+ngxshm_req_body(ngxshm_request_t *r, const unsigned char **data)
 {
+    if (!r->app || r->cancelled) {
+        return -ECANCELED;
+    }
+
+    if (r->ilen != 0) {
+        *data = r->ibuf + r->istart;
+        return (ssize_t) r->ilen;
+    }
+
     if (r->in_end) {
         return 0;
     }
@@ -933,53 +942,49 @@ ngxshm_req_body_done(ngxshm_request_t *r, size_t n)
 NGXSHM_API ssize_t
 ngxshm_request_read(ngxshm_request_t *r, void *buf, size_t len)
 {
-    size_t  n;
+    ssize_t               n;
+    const unsigned char  *data;
 
     if (r == NULL || (buf == NULL && len != 0)) {
         return -EINVAL;
     }
 
-    if (!r->app || r->cancelled) {
-        return -ECANCELED;
+    n = ngxshm_req_body(r, &data);
+
+    if (n <= 0) {
+        return n;
     }
 
-    if (r->ilen == 0) {
-        return ngxshm_req_body_wait(r);
+    if ((size_t) n > len) {
+        n = (ssize_t) len;
     }
-
-    n = len < r->ilen ? len : r->ilen;
 
     if (n == 0) {
         return 0;
     }
 
-    memcpy(buf, r->ibuf + r->istart, n);
-    ngxshm_req_body_done(r, n);
+    memcpy(buf, data, (size_t) n);
+    ngxshm_req_body_done(r, (size_t) n);
 
-    return (ssize_t) n;
+    return n;
 }
 
 
 NGXSHM_API ssize_t
 ngxshm_request_peek(ngxshm_request_t *r, const void **data)
 {
+    ssize_t               n;
+    const unsigned char  *p;
+
     if (r == NULL || data == NULL) {
         return -EINVAL;
     }
 
-    *data = NULL;
+    p = NULL;
+    n = ngxshm_req_body(r, &p);
+    *data = p;
 
-    if (!r->app || r->cancelled) {
-        return -ECANCELED;
-    }
-
-    if (r->ilen == 0) {
-        return ngxshm_req_body_wait(r);
-    }
-
-    *data = r->ibuf + r->istart;
-
-    return (ssize_t) r->ilen;
+    return n;
 }
 
 

@@ -2361,14 +2361,13 @@ ngx_http_shm_channel_space_handler(ngx_event_t *ev)
 static void
 ngx_http_shm_channel_wake_waiters(ngx_http_shm_channel_t *ch)
 {
-    uint32_t                head, pos, used, need, off, room, size;
+    uint32_t                head, pos, used, take;
     ngx_uint_t              armed, woken;
     ngx_queue_t            *q;
     ngx_http_shm_stream_t  *s;
 
     armed = 0;
     woken = 0;
-    size = ch->req.size;
 
 again:
 
@@ -2387,24 +2386,14 @@ again:
         q = ngx_queue_head(&ch->wait_space);
         s = ngx_queue_data(q, ngx_http_shm_stream_t, wait);
 
-        need = s->wait_need;
-        off = pos & (size - 1);
-        room = size - off;
+        take = ngxshm_ring_fit(ch->req.size, pos, used, s->wait_need);
 
-        if (need > room) {
-            if (used + room + need > size) {
-                break;
-            }
-
-            pos += room;
-            used += room;
-
-        } else if (used + need > size) {
+        if (take == 0) {
             break;
         }
 
-        pos += need;
-        used += need;
+        pos += take;
+        used += take;
 
         ngx_queue_remove(q);
         s->waiting = 0;
@@ -3553,7 +3542,7 @@ ngx_http_shm_stream_need(ngx_http_shm_stream_t *s)
 
     n = ngx_min(n, (off_t) s->ch->max_frame);
 
-    return (uint32_t) sizeof(ngxshm_frame_t) + ngxshm_align((uint32_t) n);
+    return ngxshm_frame_size((uint32_t) n);
 }
 
 
@@ -3647,8 +3636,7 @@ ngx_http_shm_send_chain(ngx_connection_t *c, ngx_chain_t *in, off_t limit)
             }
 
             if (f == NULL) {
-                s->wait_need = (uint32_t) sizeof(ngxshm_frame_t)
-                               + ngxshm_align((uint32_t) n);
+                s->wait_need = ngxshm_frame_size((uint32_t) n);
                 goto wait;
             }
 
